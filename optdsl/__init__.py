@@ -1,0 +1,36 @@
+"""optdsl: optimizers and learning-rate schedules as short update-rule specs.
+
+    import optdsl
+    from optdsl.optim import Adam
+    Rule = optdsl.compile("my_rule.opt")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import compile  # noqa: E402  (shadows the builtin on purpose: optdsl.compile)
+from .backends import available as _available  # noqa: E402
+from .errors import (  # noqa: E402
+    CheckError,
+    HyperError,
+    HyperTypeError,
+    InternalCompilerError,
+    OptdslError,
+    ParseError,
+    SpecError,
+    StateDictError,
+)
+from .runtime import Optimizer, Param  # noqa: E402
+
+
+def backends() -> list[str]:
+    """Names of the backends available here, best first."""
+    return _available()
+
+
+__all__ = [
+    "compile", "backends", "Param", "Optimizer", "OptdslError", "SpecError", "ParseError",
+    "CheckError", "HyperError", "HyperTypeError", "StateDictError", "InternalCompilerError",
+    "__version__",
+]

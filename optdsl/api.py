@@ -1,0 +1,58 @@
+"""User entry points: ``optdsl.compile`` and the class it returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .compiler import CompiledSpec, load_spec, read_source
+from .hypers import HyperInfo
+from .runtime import Optimizer
+
+_CLASSES: dict[tuple[str, str], type[Optimizer]] = {}
+
+
+def compile(path_or_source: str | Path, *, module: str | None = None) -> type[Optimizer]:
+    """Compile a ``.opt`` file (a path, or the spec text itself) into an optimizer class.
+
+    The class is cached: compiling the same text again costs a dictionary lookup.
+    Raises :class:`optdsl.ParseError` or :class:`optdsl.CheckError` with the file, line,
+    column, a caret and a hint for any mistake in the spec.
+    """
+    text, filename = read_source(path_or_source)
+    key = (text, filename)
+    if key not in _CLASSES:
+        _CLASSES[key] = make_class(load_spec(text, filename), module=module)
+    return _CLASSES[key]
+
+
+def make_class(spec: CompiledSpec, module: str | None = None) -> type[Optimizer]:
+    attrs: dict[str, Any] = {"_spec": spec, "__doc__": _docstring(spec),
+                             "__module__": module or "optdsl.generated"}
+    return type(spec.name, (Optimizer,), attrs)
+
+
+def _docstring(spec: CompiledSpec) -> str:
+    lines = [spec.spec.doc or f"The {spec.name} optimizer.", "", "Hyperparameters:"]
+    lines += [f"    {info.describe()}" for info in spec.hypers.values()]
+    if spec.spec.states:
+        lines += ["", "State (per parameter):"]
+        for s in spec.spec.states:
+            lines.append(f"    {s.name}" + (" (conditional)" if s.cond is not None else ""))
+    for req in spec.spec.requires:
+        lines.append(f"Requires: {req.message}")
+    lines += ["", f"Compiled by optdsl from {spec.filename}; see .source('numpy') for the "
+                  "kernel."]
+    return "\n".join(lines)
+
+
+def state_bytes_per_param(spec: CompiledSpec, itemsize: int = 4, **hypers: Any) -> int:
+    """Bytes of state per parameter element under the given (default) hypers."""
+    from .hypers import resolve
+
+    values = resolve(spec.hypers, hypers, spec.name)
+    enabled = spec.host["state_enabled"](values)
+    return itemsize * sum(1 for v in enabled.values() if v)
+
+
+__all__ = ["compile", "make_class", "HyperInfo", "state_bytes_per_param"]

@@ -1,0 +1,77 @@
+"""Backends: a small interface and a registry by name.
+
+A backend turns a hoisted, buffer-assigned :class:`~optdsl.ir.Program` into source text
+(``render``) and that text into a runnable :class:`Kernel` (``build``). ``accepts`` tells
+the runtime whether the backend can run on a given array (its device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import OptdslError
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A built kernel: scalar prologue, fused body, and what it touches."""
+
+    source: str
+    host_args: Callable[[dict, int], tuple]
+    run: Callable[..., None]
+    buffers: tuple[str, ...]
+    outputs: tuple[str, ...]
+    scratch: tuple[int, int]
+
+
+class Backend:
+    name: str = ""
+    priority: int = 0  # higher wins when backend=None and several accept the arrays
+
+    def available(self) -> bool:
+        raise NotImplementedError
+
+    def accepts(self, array: Any) -> bool:
+        raise NotImplementedError
+
+    def render(self, program, *, kind: str, path: tuple[int, ...]) -> str:
+        raise NotImplementedError
+
+    def build(self, source: str, name: str) -> Kernel:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def get(name: str) -> Backend:
+    if name not in _REGISTRY:
+        raise OptdslError(f"unknown backend {name!r}; known: {', '.join(_REGISTRY)}")
+    backend = _REGISTRY[name]
+    if not backend.available():
+        raise OptdslError(f"backend {name!r} is not available here; available: "
+                          f"{', '.join(available())}")
+    return backend
+
+
+def available() -> list[str]:
+    """Names of the backends usable on this machine, best first."""
+    ready = [b for b in _REGISTRY.values() if b.available()]
+    return [b.name for b in sorted(ready, key=lambda b: -b.priority)]
+
+
+def pick(array: Any) -> Backend:
+    """The best available backend for arrays like ``array``."""
+    for name in available():
+        if _REGISTRY[name].accepts(array):
+            return _REGISTRY[name]
+    raise OptdslError(f"no available backend accepts arrays of type {type(array).__name__}")
+
+
+from . import numpy_backend  # noqa: E402,F401  (registers itself)

@@ -1,0 +1,96 @@
+"""The kernel cache: generated source in memory and on disk.
+
+Keys hash everything that determines the generated text: the spec, the path, the
+backend, optdsl's version and the source of the compiler itself (templates, passes,
+renderers), so a changed compiler never reads a stale kernel. Files are written to a temp
+file in the cache directory, fsynced and renamed into place, so two processes writing the
+same entry at once both leave a whole, identical file.
+
+The directory is ``$OPTDSL_CACHE_DIR``, else ``$XDG_CACHE_HOME/optdsl``, else
+``~/.cache/optdsl``. ``OPTDSL_CACHE_DIR=off`` turns the disk cache off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+from ._resources import data_dir
+
+_MEMORY: dict[str, str] = {}
+_HEADER = "# optdsl-cache-key: "
+
+
+def cache_dir() -> Path | None:
+    env = os.environ.get("OPTDSL_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "none") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "optdsl"
+
+
+@cache
+def compiler_fingerprint() -> str:
+    """A hash of the code that generates kernels: templates and compiler modules."""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    files = sorted(data_dir("codegen").glob("*.j2"))
+    files += sorted(package.glob("*.py")) + sorted((package / "passes").glob("*.py"))
+    files += sorted((package / "backends").glob("*.py"))
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def key(*parts: str) -> str:
+    h = hashlib.sha256(compiler_fingerprint().encode())
+    for part in parts:
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:32]
+
+
+def get_or_create(k: str, create: Callable[[], str]) -> str:
+    """The source cached under ``k``, creating (and storing) it on a miss."""
+    if k in _MEMORY:
+        return _MEMORY[k]
+    directory = cache_dir()
+    path = directory / f"{k}.py" if directory else None
+    if path is not None:
+        try:
+            text = path.read_text()
+            if text.startswith(_HEADER + k + "\n"):
+                _MEMORY[k] = text[len(_HEADER) + len(k) + 1:]
+                return _MEMORY[k]
+        except OSError:
+            pass
+    text = create()
+    _MEMORY[k] = text
+    if path is not None:
+        _write_atomically(path, _HEADER + k + "\n" + text)
+    return text
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # an unwritable cache costs speed, never correctness
+
+
+def clear_memory() -> None:
+    _MEMORY.clear()

@@ -1,0 +1,546 @@
+"""Checks: a parsed Spec -> a CheckedSpec, or CheckError with every diagnostic found.
+
+The checks run in a fixed order, each a ``check_*`` function that returns diagnostics:
+declarations first (so later checks can trust the hyper table), then state declarations,
+``require`` lines, and the update block. Typing rules themselves live in
+:func:`optdsl.ir.result_type`, shared with lowering.
+
+Assignment rules (documented in docs/language.md):
+- ``t`` can never be assigned: it is the step count the runtime keeps.
+- In an optimizer, hypers are read-only: copy into a local (``lr_t = lr * 2``) instead.
+- ``g`` may be rebound (``g = g + weight_decay * p``); this changes a local copy, never
+  the user's ``.grad`` array. ``p``, ``g`` and states must stay elementwise numbers.
+- Built-in functions and constants cannot be rebound.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+
+from . import syntax as S
+from .errors import CheckError, Diagnostic, HyperError, Span
+from .hypers import REQUIRED, HyperInfo, coerce
+from .ir import (
+    CONSTANTS,
+    FUNCTIONS,
+    HOST_BOOL,
+    HOST_FLOAT,
+    HOST,
+    TENSOR_FLOAT,
+    Type,
+    TypeRuleError,
+    join_kind,
+    result_type,
+    tuple_type,
+)
+
+OPTIMIZER_BUILTINS = {"p": TENSOR_FLOAT, "g": TENSOR_FLOAT, "t": HOST_FLOAT}
+HYPER_TYPES = ("float", "int", "bool", "str", "tuple")
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
+    """A spec that passed every check, with its hyper table."""
+
+    spec: S.Spec
+    hypers: dict[str, HyperInfo] = field(compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def states(self) -> tuple[S.StateDecl, ...]:
+        return self.spec.states
+
+
+def check(spec: S.Spec) -> CheckedSpec:
+    """Run every check in order; raise CheckError listing all problems."""
+    diags, hypers = check_declarations(spec)
+    diags += check_states(spec, hypers)
+    diags += check_requires(spec, hypers)
+    diags += check_update(spec, hypers)
+    if diags:
+        raise CheckError(sorted(diags, key=lambda d: (d.span.line, d.span.column)))
+    return CheckedSpec(spec, hypers)
+
+
+class _Fail(Exception):
+    def __init__(self, span: Span, message: str, hint: str | None = None):
+        self.span, self.message, self.hint = span, message, hint
+
+
+def _did_you_mean(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
+# --- declarations -------------------------------------------------------------------
+
+def _builtin_names(spec: S.Spec) -> dict[str, Type]:
+    return dict(OPTIMIZER_BUILTINS) if spec.kind == "optimizer" else {}
+
+
+def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperInfo]]:
+    """Duplicates, reserved names, hyper types, defaults and ranges."""
+    diags: list[Diagnostic] = []
+    src = spec.source
+
+    def fail(span, message, hint=None):
+        diags.append(Diagnostic(src, span, message, hint))
+
+    if spec.kind != "optimizer":
+        fail(spec.name_span, f"'{spec.kind}' specs are not supported by this version",
+             "only 'optimizer' files compile to optimizer classes")
+    seen: dict[str, int] = {}
+    reserved = set(_builtin_names(spec)) | set(FUNCTIONS) | set(CONSTANTS)
+    hypers: dict[str, HyperInfo] = {}
+    for decl in (*spec.hypers, *spec.states):
+        kind = "hyper" if isinstance(decl, S.HyperDecl) else "state"
+        if decl.name in seen:
+            fail(decl.span, f"duplicate declaration of {decl.name!r}",
+                 f"it is already declared at line {seen[decl.name]}")
+            continue
+        seen[decl.name] = decl.span.line
+        if decl.name in reserved:
+            fail(decl.span, f"{kind} {decl.name!r} shadows a built-in name", "rename it")
+            continue
+        if isinstance(decl, S.HyperDecl):
+            try:
+                hypers[decl.name] = _hyper_info(decl)
+            except _Fail as exc:
+                fail(exc.span, exc.message, exc.hint)
+    return diags, hypers
+
+
+def _const_value(expr: S.Expr):
+    """The value of a literal default: numbers, booleans, strings, tuples of numbers."""
+    if isinstance(expr, (S.Num, S.Str, S.Bool)):
+        return expr.value
+    if isinstance(expr, S.Name) and expr.id in CONSTANTS:
+        return CONSTANTS[expr.id]
+    if isinstance(expr, S.Unary) and expr.op == "neg":
+        value = _const_value(expr.operand)
+        if isinstance(value, float):
+            return -value
+    if isinstance(expr, S.Binary) and expr.op in ("add", "sub", "mul", "div"):
+        a, b = _const_value(expr.left), _const_value(expr.right)
+        if isinstance(a, float) and isinstance(b, float):
+            if expr.op == "div" and b == 0:
+                raise _Fail(expr.span, "division by zero in a default value")
+            return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b if b else 0}[expr.op]
+    if isinstance(expr, S.Tuple):
+        items = tuple(_const_value(i) for i in expr.items)
+        if all(isinstance(i, float) for i in items):
+            return items
+        raise _Fail(expr.span, "a tuple default must hold numbers only")
+    raise _Fail(expr.span, "a default must be a literal: a number, True/False, a string or "
+                           "a tuple of numbers")
+
+
+def _hyper_info(decl: S.HyperDecl) -> HyperInfo:
+    default = REQUIRED if decl.default is None else _const_value(decl.default)
+    if decl.type is not None:
+        if decl.type not in HYPER_TYPES:
+            raise _Fail(decl.type_span, f"unknown hyper type {decl.type!r}",
+                        _did_you_mean(decl.type, HYPER_TYPES) or
+                        "use one of " + ", ".join(HYPER_TYPES))
+        htype = decl.type
+    elif default is REQUIRED:
+        htype = "float"
+    else:
+        htype = {bool: "bool", str: "str", float: "float", tuple: "tuple"}[type(default)]
+    n = len(default) if isinstance(default, tuple) else 0
+    if htype == "tuple" and default is REQUIRED:
+        raise _Fail(decl.span, f"tuple hyper {decl.name!r} needs a default",
+                    "the default fixes its length")
+    b = decl.bounds
+    info = HyperInfo(decl.name, htype, default, n)
+    if b is not None:
+        if b.choices is not None:
+            if htype != "str":
+                raise _Fail(b.span, "a set of choices is for string hypers")
+            info = HyperInfo(decl.name, htype, default, n, choices=b.choices)
+        else:
+            if htype not in ("float", "int", "tuple"):
+                raise _Fail(b.span, "a numeric range is for number and tuple hypers")
+            if b.lo > b.hi:
+                raise _Fail(b.span, "empty range: the lower bound is above the upper")
+            info = HyperInfo(decl.name, htype, default, n, b.lo, b.hi, b.lo_closed,
+                             b.hi_closed)
+    if default is not REQUIRED:
+        expected_type = {"float": float, "int": float, "bool": bool, "str": str,
+                         "tuple": tuple}[htype]
+        if not isinstance(default, expected_type):
+            raise _Fail(decl.default.span, f"default of {decl.name!r} is not a {htype}")
+        if htype == "int" and not float(default).is_integer():
+            raise _Fail(decl.default.span, f"default of {decl.name!r} is not a whole number")
+        try:
+            coerce(info, default)
+        except HyperError as exc:
+            raise _Fail(decl.default.span, f"default out of range: {exc}") from None
+        if htype == "int":
+            info = HyperInfo(**{**info.__dict__, "default": int(default)})
+    return info
+
+
+# --- expressions ----------------------------------------------------------------------
+
+def _conjuncts(expr: S.Expr) -> frozenset:
+    if isinstance(expr, S.Binary) and expr.op == "and":
+        return _conjuncts(expr.left) | _conjuncts(expr.right)
+    return frozenset({expr})
+
+
+@dataclass
+class _Binding:
+    type: Type | None  # None: its definition failed to check; don't report it again
+    definite: bool = True
+    line: int = 0
+
+
+class _Scope:
+    """Typing of expressions and statements, with the names visible at each point."""
+
+    def __init__(self, spec: S.Spec, hypers: dict[str, HyperInfo], allowed: set[str] | None
+                 = None):
+        self.spec = spec
+        self.hypers = hypers
+        self.states = {s.name: s for s in spec.states}
+        self.builtins = _builtin_names(spec)
+        self.allowed = allowed  # restricts the names an expression may use
+        self.env: dict[str, _Binding] = {}
+        self.facts: frozenset = frozenset()
+
+    def visible(self) -> set[str]:
+        names = set(self.hypers) | set(CONSTANTS) | set(self.env)
+        names |= set(self.builtins) | set(self.states)
+        if self.allowed is not None:
+            names &= self.allowed
+        return names
+
+    def lookup(self, node: S.Name) -> Type | None:
+        name = node.id
+        if self.allowed is not None and name not in self.allowed and (
+                name in self.builtins or name in self.states or name in self.env):
+            raise _Fail(node.span, f"{name!r} cannot be used here",
+                        "only hypers, constants" + (" and p" if "p" in self.allowed else "")
+                        + " are allowed")
+        if name in self.env:
+            b = self.env[name]
+            if not b.definite:
+                raise _Fail(node.span, f"{name!r} may be undefined here",
+                            "it is assigned only in some branches of an if above; "
+                            "assign it before the if or in every branch")
+            return b.type
+        if name in self.states:
+            decl = self.states[name]
+            if decl.cond is not None and not _conjuncts(decl.cond) <= self.facts:
+                raise _Fail(node.span, f"state {name!r} exists only if "
+                            f"{_show(decl.cond)}",
+                            f"use it inside 'if {_show(decl.cond)}:'")
+            return TENSOR_FLOAT
+        if name in self.builtins:
+            return self.builtins[name]
+        if name in self.hypers:
+            return self.hypers[name].ir_type
+        if name in CONSTANTS:
+            return HOST_FLOAT
+        if name in FUNCTIONS:
+            raise _Fail(node.span, f"{name!r} is a function", f"call it: {name}(...)")
+        hint = _did_you_mean(name, self.visible())
+        raise _Fail(node.span, f"unknown name {name!r}", hint)
+
+    def type_of(self, e: S.Expr) -> Type | None:
+        """The type of ``e``; None when a name in it already failed (no cascade)."""
+        if isinstance(e, S.Num):
+            return HOST_FLOAT
+        if isinstance(e, S.Bool):
+            return HOST_BOOL
+        if isinstance(e, S.Str):
+            return Type(HOST, "str")
+        if isinstance(e, S.Name):
+            return self.lookup(e)
+        if isinstance(e, S.Tuple):
+            types = [self.type_of(i) for i in e.items]
+            if any(t is None for t in types):
+                return None
+            if not all(t == HOST_FLOAT for t in types):
+                raise _Fail(e.span, "a tuple holds host numbers only",
+                            "assign the items one by one")
+            return tuple_type(len(types))
+        if isinstance(e, S.Index):
+            t = self.type_of(e.value)
+            if t is None:
+                return None
+            if t.elem != "tuple":
+                raise _Fail(e.span, "only a tuple can be indexed")
+            if e.index >= t.n:
+                raise _Fail(e.span, f"index {e.index} is out of range for a tuple of {t.n}")
+            return HOST_FLOAT
+        if isinstance(e, S.Call):
+            return self._call(e)
+        if isinstance(e, S.Unary):
+            return self._apply(e, e.op, (e.operand,))
+        if isinstance(e, S.Binary):
+            return self._apply(e, e.op, (e.left, e.right))
+        if isinstance(e, S.Compare):
+            kinds = []
+            for op, a, b in zip(e.ops, e.operands, e.operands[1:]):
+                t = self._apply(e, op, (a, b))
+                if t is None:
+                    return None
+                kinds.append(t)
+            return Type(join_kind(*kinds), "bool")
+        if isinstance(e, S.IfExp):
+            test = self.condition(e.test, "a conditional expression")
+            a, b = self.type_of(e.body), self.type_of(e.orelse)
+            if None in (test, a, b):
+                return None
+            if a.elem != b.elem or a.n != b.n:
+                raise _Fail(e.span, "both sides of 'a if c else b' must be of one kind",
+                            f"got {_describe(a)} and {_describe(b)}")
+            return Type(join_kind(a, b), a.elem, a.n)
+        raise _Fail(e.span, "unsupported expression")  # pragma: no cover
+
+    def _apply(self, node: S.Expr, op: str, operands) -> Type | None:
+        types = tuple(self.type_of(o) for o in operands)
+        if None in types:
+            return None
+        try:
+            return result_type(op, types)
+        except TypeRuleError as exc:
+            raise _Fail(node.span, exc.message, exc.hint) from None
+
+    def _call(self, e: S.Call) -> Type | None:
+        if e.func not in FUNCTIONS:
+            known = self.visible() - set(FUNCTIONS)
+            if e.func in known:
+                raise _Fail(e.func_span, f"{e.func!r} is not a function")
+            raise _Fail(e.func_span, f"unknown function {e.func!r}",
+                        _did_you_mean(e.func, FUNCTIONS) or
+                        "available: " + " ".join(sorted(FUNCTIONS)))
+        lo, hi = FUNCTIONS[e.func]
+        n = len(e.args)
+        if n < lo or (hi is not None and n > hi):
+            if lo == hi:
+                want = f"{lo} argument" + ("s" if lo != 1 else "")
+            else:
+                want = f"at least {lo} arguments"
+            raise _Fail(e.span, f"{e.func}() takes {want}, got {n}")
+        if e.func == "clip":
+            return self._apply(e, "min", e.args[:2]) and self._apply(e, "max", e.args[::2]) \
+                and self._apply(e, "min", e.args)
+        if e.func in ("min", "max"):
+            types = [self.type_of(a) for a in e.args]
+            if None in types:
+                return None
+            try:
+                for t in types:
+                    result_type(e.func, (t, HOST_FLOAT))
+            except TypeRuleError as exc:
+                raise _Fail(e.span, exc.message, exc.hint) from None
+            return Type(join_kind(*types), "float")
+        if e.func == "where":
+            return self._apply(e, "where", e.args)
+        return self._apply(e, e.func, e.args)
+
+    def condition(self, e: S.Expr, what: str) -> Type | None:
+        """A host condition (``if``, ``a if c else b``): a host bool, or a host number."""
+        t = self.type_of(e)
+        if t is None:
+            return None
+        if t.is_tensor:
+            raise _Fail(e.span, f"{what} must be a host value, but this is elementwise",
+                        "an 'if' picks one kernel per step; use where(cond, a, b) "
+                        "for an elementwise choice")
+        if t.elem not in ("bool", "float"):
+            raise _Fail(e.span, f"{what} must be a boolean or a number, got {_describe(t)}")
+        return HOST_BOOL
+
+
+def _describe(t: Type) -> str:
+    if t.elem == "tuple":
+        return f"a tuple of {t.n}"
+    return f"{'an elementwise' if t.is_tensor else 'a host'} {t.elem}"
+
+
+def _show(expr: S.Expr) -> str:
+    """Short source-like text of an expression, for messages."""
+    if isinstance(expr, S.Name):
+        return expr.id
+    if isinstance(expr, S.Num):
+        return repr(expr.value)
+    if isinstance(expr, S.Bool):
+        return repr(expr.value)
+    if isinstance(expr, S.Unary) and expr.op == "not":
+        return f"not {_show(expr.operand)}"
+    if isinstance(expr, S.Binary) and expr.op in ("and", "or"):
+        return f"{_show(expr.left)} {expr.op} {_show(expr.right)}"
+    if isinstance(expr, S.Compare):
+        signs = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+        out = _show(expr.operands[0])
+        for op, o in zip(expr.ops, expr.operands[1:]):
+            out += f" {signs[op]} {_show(o)}"
+        return out
+    return "its condition"
+
+
+# --- states, requires ------------------------------------------------------------------
+
+def check_states(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
+    """A state's init is a number, a hyper or an expression of p; its condition is host."""
+    diags = []
+    for decl in spec.states:
+        scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS) | {"p"})
+        try:
+            t = scope.type_of(decl.init)
+            if t is not None and t.elem != "float":
+                raise _Fail(decl.init.span, f"state {decl.name!r} must start as a number",
+                            f"got {_describe(t)}")
+            if decl.cond is not None:
+                cond_scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS))
+                cond_scope.condition(decl.cond, "a state's condition")
+        except _Fail as exc:
+            diags.append(Diagnostic(spec.source, exc.span, exc.message, exc.hint))
+    return diags
+
+
+def check_requires(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
+    diags = []
+    for decl in spec.requires:
+        scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS))
+        try:
+            scope.condition(decl.cond, "a 'require' condition")
+        except _Fail as exc:
+            diags.append(Diagnostic(spec.source, exc.span, exc.message, exc.hint))
+    return diags
+
+
+# --- the update block -------------------------------------------------------------------
+
+def check_update(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
+    """Names, types and assignment rules of the update block, statement by statement."""
+    diags: list[Diagnostic] = []
+    scope = _Scope(spec, hypers)
+    if spec.kind == "optimizer" and not spec.body:
+        diags.append(Diagnostic(spec.source, spec.name_span,
+                                f"optimizer {spec.name!r} has no 'update:' block"))
+    _check_block(spec.body, scope, diags)
+    return diags
+
+
+def _check_block(stmts, scope: _Scope, diags: list[Diagnostic]) -> None:
+    for stmt in stmts:
+        try:
+            if isinstance(stmt, S.Assign):
+                _check_assign(stmt, scope)
+            else:
+                _check_if(stmt, scope, diags)
+        except _Fail as exc:
+            diags.append(Diagnostic(scope.spec.source, exc.span, exc.message, exc.hint))
+            if isinstance(stmt, S.Assign):
+                for name in stmt.targets:  # poison the names so later uses don't cascade
+                    if name not in scope.states and name not in scope.builtins:
+                        scope.env[name] = _Binding(None, True, stmt.span.line)
+
+
+def _check_assign(stmt: S.Assign, scope: _Scope) -> None:
+    targets = stmt.targets
+    spans = stmt.target_spans or (stmt.span,) * len(targets)
+    if len(targets) > 1:
+        if isinstance(stmt.value, S.Tuple):
+            if len(stmt.value.items) != len(targets):
+                raise _Fail(stmt.span, f"cannot unpack {len(stmt.value.items)} values into "
+                            f"{len(targets)} names")
+            types = [scope.type_of(i) for i in stmt.value.items]
+        else:
+            t = scope.type_of(stmt.value)
+            if t is None:
+                types = [None] * len(targets)
+            elif t.elem != "tuple":
+                raise _Fail(stmt.value.span, f"cannot unpack {_describe(t)} into "
+                            f"{len(targets)} names", "only a tuple can be unpacked")
+            elif t.n != len(targets):
+                raise _Fail(stmt.span, f"cannot unpack a tuple of {t.n} into "
+                            f"{len(targets)} names",
+                            f"write {t.n} names on the left" if t.n else None)
+            else:
+                types = [HOST_FLOAT] * t.n
+    else:
+        types = [scope.type_of(stmt.value)]
+    for name, span, t in zip(targets, spans, types):
+        _check_target(name, span, t, scope)
+        if name in scope.states or name in scope.builtins:
+            continue
+        scope.env[name] = _Binding(t, True, span.line)
+
+
+def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
+    if name == "t" and "t" in scope.builtins:
+        raise _Fail(span, "cannot assign to 't'", "t is the step count kept by the runtime; "
+                    "use a new local name")
+    if name in scope.hypers:
+        raise _Fail(span, f"cannot assign to hyper {name!r}",
+                    f"hypers are read-only in an update; use a local, e.g. '{name}_t = ...'")
+    if name in FUNCTIONS or name in CONSTANTS:
+        raise _Fail(span, f"cannot assign to built-in {name!r}", "use another name")
+    if name in scope.states:
+        decl = scope.states[name]
+        if decl.cond is not None and not _conjuncts(decl.cond) <= scope.facts:
+            raise _Fail(span, f"state {name!r} exists only if {_show(decl.cond)}",
+                        f"assign it inside 'if {_show(decl.cond)}:'")
+    if t is None:
+        return
+    if name in scope.states or name in scope.builtins:
+        if t.elem != "float":
+            raise _Fail(span, f"{name!r} must hold numbers, not {_describe(t)}")
+        if not t.is_tensor:
+            raise _Fail(span, f"{name!r} is elementwise but this value is a host scalar",
+                        f"write an expression of p, g or a state, e.g. '{name} = "
+                        f"{name} * 0 + value'")
+
+
+def _check_if(stmt: S.If, scope: _Scope, diags: list[Diagnostic]) -> None:
+    before_env, before_facts = scope.env, scope.facts
+    outcomes: list[dict[str, _Binding]] = []
+    conds = [cond for cond, _ in stmt.branches]
+    for i, (cond, body) in enumerate(stmt.branches):
+        scope.env, scope.facts = before_env, before_facts
+        try:
+            scope.condition(cond, "an 'if' condition")
+        except _Fail as exc:
+            diags.append(Diagnostic(scope.spec.source, exc.span, exc.message, exc.hint))
+        scope.env = dict(before_env)
+        scope.facts = before_facts | _conjuncts(cond)
+        _check_block(body, scope, diags)
+        outcomes.append(scope.env)
+    scope.env = dict(before_env)
+    scope.facts = before_facts
+    if len(conds) == 1 and isinstance(conds[0], S.Unary) and conds[0].op == "not":
+        scope.facts = before_facts | _conjuncts(conds[0].operand)
+    if stmt.orelse is not None:
+        _check_block(stmt.orelse, scope, diags)
+    outcomes.append(scope.env)
+    # Merge: a name is definite after the if only if every path defines it.
+    merged: dict[str, _Binding] = {}
+    for name in set().union(*outcomes):
+        bindings = [env.get(name) for env in outcomes]
+        present = [b for b in bindings if b is not None]
+        types = [b.type for b in present if b.type is not None]
+        definite = all(b is not None and b.definite for b in bindings)
+        t = types[0] if types else None
+        for other in types[1:]:
+            if other.elem != t.elem or other.n != t.n:
+                diags.append(Diagnostic(scope.spec.source, stmt.span,
+                                        f"{name!r} is {_describe(t)} on one branch and "
+                                        f"{_describe(other)} on another"))
+                t = None
+                break
+            t = Type(join_kind(t, other), t.elem, t.n)
+        merged[name] = _Binding(t if types else None, definite, present[0].line)
+    scope.env = merged
+    scope.facts = before_facts
+

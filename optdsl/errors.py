@@ -1,0 +1,133 @@
+"""Exceptions and source locations.
+
+User mistakes (a bad ``.opt`` file, a bad keyword at construction, a bad state_dict) raise
+subclasses of :class:`OptdslError`. A bug in optdsl itself raises
+:class:`InternalCompilerError`, which deliberately is *not* an ``OptdslError``, so that
+``except OptdslError`` never hides a compiler bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A 1-based, end-exclusive region of a source file."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """The text of a spec and the name it is reported under (a path or ``<string>``)."""
+
+    name: str
+    text: str
+
+    def line_text(self, line: int) -> str:
+        lines = self.text.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem at one place: ``file:line:col: message; hint``, the line and a caret."""
+
+    source: SourceFile
+    span: Span
+    message: str
+    hint: str | None = None
+
+    def render(self) -> str:
+        head = f"{self.source.name}:{self.span.line}:{self.span.column}: {self.message}"
+        if self.hint:
+            head += f"; {self.hint}"
+        text = self.source.line_text(self.span.line)
+        if not text:
+            return head
+        start = self.span.column - 1
+        if self.span.end_line == self.span.line and self.span.end_column > self.span.column:
+            width = self.span.end_column - self.span.column
+        else:
+            width = 1
+        width = max(1, min(width, len(text) - start)) if start < len(text) else 1
+        # Keep tabs in the caret line so the caret lines up under tab-indented code.
+        pad = "".join(ch if ch == "\t" else " " for ch in text[:start])
+        return f"{head}\n    {text}\n    {pad}{'^' * width}"
+
+
+class OptdslError(Exception):
+    """Base class of every error caused by user input."""
+
+
+class SpecError(OptdslError):
+    """A problem in a ``.opt`` spec. Carries one or more located diagnostics."""
+
+    stage = "spec"
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic):
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+    # The first diagnostic's fields, for callers that want one location.
+    @property
+    def diagnostic(self) -> Diagnostic:
+        return self.diagnostics[0]
+
+    @property
+    def file(self) -> str:
+        return self.diagnostic.source.name
+
+    @property
+    def line(self) -> int:
+        return self.diagnostic.span.line
+
+    @property
+    def column(self) -> int:
+        return self.diagnostic.span.column
+
+    @property
+    def message(self) -> str:
+        return self.diagnostic.message
+
+    @property
+    def hint(self) -> str | None:
+        return self.diagnostic.hint
+
+    @property
+    def source_line(self) -> str:
+        return self.diagnostic.source.line_text(self.line)
+
+
+class ParseError(SpecError):
+    """The text is not a well-formed ``.opt`` file."""
+
+    stage = "parse"
+
+
+class CheckError(SpecError):
+    """The spec parses but is not a valid program (names, types, declarations)."""
+
+    stage = "check"
+
+
+class HyperError(OptdslError, ValueError):
+    """A bad hyperparameter at construction or in ``param_groups``."""
+
+
+class HyperTypeError(HyperError, TypeError):
+    """A hyperparameter keyword that is unknown, missing, or of the wrong type."""
+
+
+class StateDictError(OptdslError, ValueError):
+    """A state_dict that does not fit this optimizer. The optimizer was left untouched."""
+
+
+class InternalCompilerError(Exception):
+    """A bug in optdsl, not in the user's spec. Please report it."""

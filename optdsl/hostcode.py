@@ -1,0 +1,222 @@
+"""Host-side generated code: ``decide`` (which kernel a step runs), ``requires`` (cross-hyper
+checks), state conditions and state initialisers, rendered from the checked AST; and
+``host_args`` (the hoisted scalar prologue of one kernel), rendered from the IR.
+
+All of it is plain Python over ``numpy.float64`` scalars, using the op table in
+:mod:`optdsl.ops`, so it computes exactly what the reference interpreter computes.
+"""
+
+from __future__ import annotations
+
+from . import syntax as S
+from .checker import CheckedSpec
+from .errors import InternalCompilerError
+from .ir import CONSTANTS, Program
+from .ops import UFUNC
+from .render import constant, ident, number, quoted_ident
+
+_BUILTIN_NAMES = {"t": "_t", "p": "_p"}
+
+
+class _AstRenderer:
+    """AST expression -> Python expression text over ``_np`` and ``_ops``."""
+
+    def __init__(self, checked: CheckedSpec, tensors: set[str] = frozenset()):
+        self.checked = checked
+        self.tensors = tensors
+
+    def expr(self, e: S.Expr) -> str:
+        if isinstance(e, S.Num):
+            return f"_f({number(e.value)})"
+        if isinstance(e, (S.Bool, S.Str)):
+            return constant(e.value)
+        if isinstance(e, S.Name):
+            if e.id in _BUILTIN_NAMES:
+                return _BUILTIN_NAMES[e.id]
+            if e.id in CONSTANTS:
+                return f"_f({number(CONSTANTS[e.id])})"
+            return ident(e.id)
+        if isinstance(e, S.Tuple):
+            return "(" + "".join(self.expr(i) + ", " for i in e.items) + ")"
+        if isinstance(e, S.Index):
+            return f"{self.expr(e.value)}[{int(e.index)}]"
+        if isinstance(e, S.Unary):
+            return self.op(e.op, [e.operand])
+        if isinstance(e, S.Binary):
+            return self.op(e.op, [e.left, e.right])
+        if isinstance(e, S.Compare):
+            parts = [self.op(op, [a, b])
+                     for op, a, b in zip(e.ops, e.operands, e.operands[1:])]
+            out = parts[0]
+            for part in parts[1:]:
+                out = f"_np.logical_and({out}, {part})"
+            return out
+        if isinstance(e, S.IfExp):
+            return (f"_ops.where(_truth({self.expr(e.test)}), {self.expr(e.body)}, "
+                    f"{self.expr(e.orelse)})")
+        if isinstance(e, S.Call):
+            if e.func == "clip":
+                x, lo, hi = (self.expr(a) for a in e.args)
+                return f"_np.minimum(_np.maximum({x}, {lo}), {hi})"
+            if e.func in ("min", "max"):
+                out = self.expr(e.args[0])
+                for a in e.args[1:]:
+                    out = f"_np.{UFUNC[e.func]}({out}, {self.expr(a)})"
+                return out
+            return self.op(e.func, list(e.args))
+        raise InternalCompilerError(f"cannot render {type(e).__name__}")
+
+    def op(self, op: str, operands: list[S.Expr]) -> str:
+        args = ", ".join(self.expr(o) for o in operands)
+        if op in ("eq", "ne"):
+            return f"_ops.apply({op!r}, {args})"
+        if op in ("rsqrt", "where"):
+            return f"_ops.{op}({args})"
+        return f"_np.{UFUNC[op]}({args})"
+
+
+def _names_in(nodes) -> set[str]:
+    """Every name read anywhere in ``nodes`` (statements or expressions)."""
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, S.Assign):
+            found |= _names_in([node.value])
+        elif isinstance(node, S.If):
+            for cond, body in node.branches:
+                found |= _names_in([cond, *body])
+            found |= _names_in(node.orelse or ())
+        elif node is not None:
+            found |= {n.id for n in S.walk_expr(node) if isinstance(n, S.Name)}
+    return found
+
+
+def _hyper_prologue(checked: CheckedSpec, indent: str, nodes) -> list[str]:
+    """Read the hypers that ``nodes`` use from the group dict ``h``."""
+    lines = []
+    used = _names_in(nodes)
+    for name, info in checked.hypers.items():
+        if name not in used:
+            continue
+        key = quoted_ident(name)
+        if info.type in ("float", "int"):
+            lines.append(f"{indent}{ident(name)} = _f(h[{key}])")
+        elif info.type == "tuple":
+            lines.append(f"{indent}{ident(name)} = tuple(map(_f, h[{key}]))")
+        else:
+            lines.append(f"{indent}{ident(name)} = h[{key}]")
+    return lines
+
+
+def render_host_module(checked: CheckedSpec) -> str:
+    """The per-spec host functions, as Python source."""
+    spec = checked.spec
+    r = _AstRenderer(checked)
+    out = ["def decide(h, t):",
+           '    """The path through the host ifs this step takes (see optdsl.lower)."""',
+           "    _t = _f(t)"]
+    out += _hyper_prologue(checked, "    ", spec.body)
+    out.append("    path = []")
+    body: list[str] = []
+    tensors = {"p", "g"} | {s.name for s in spec.states}
+    _render_decide_block(spec.body, r, tensors, body, "    ")
+    out += body
+    out.append("    return tuple(path)")
+    out.append("")
+    out.append("def requires(h):")
+    out.append('    """Index of the first failing require line, or -1."""')
+    out += _hyper_prologue(checked, "    ", [r.cond for r in spec.requires])
+    for k, req in enumerate(spec.requires):
+        out.append(f"    if not _truth({r.expr(req.cond)}):  # line {req.span.line}")
+        out.append(f"        return {k}")
+    out.append("    return -1")
+    out.append("")
+    out.append("def state_enabled(h):")
+    out.append('    """Which conditional states exist under these hypers."""')
+    out += _hyper_prologue(checked, "    ", [s.cond for s in spec.states])
+    out.append("    return {")
+    for s in spec.states:
+        cond = "True" if s.cond is None else f"_truth({r.expr(s.cond)})"
+        out.append(f"        {quoted_ident(s.name)}: {cond},")
+    out.append("    }")
+    out.append("")
+    for s in spec.states:
+        out.append(f"def {ident(s.name, 'init_')}(h, _p):")
+        out += _hyper_prologue(checked, "    ", [s.init])
+        out.append(f"    return {r.expr(s.init)}  # line {s.span.line}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _mentions(e: S.Expr, names: set[str]) -> bool:
+    return any(isinstance(n, S.Name) and n.id in names for n in S.walk_expr(e))
+
+
+def _render_decide_block(stmts, r: _AstRenderer, tensors: set[str], out: list[str],
+                         indent: str) -> None:
+    """Host statements and ifs only: elementwise values cannot influence a decision."""
+    for stmt in stmts:
+        if isinstance(stmt, S.Assign):
+            is_tensor = _mentions(stmt.value, tensors)
+            if is_tensor:
+                tensors.update(stmt.targets)
+                continue
+            tensors.difference_update(stmt.targets)
+            targets = ", ".join(ident(t) for t in stmt.targets)
+            out.append(f"{indent}{targets} = {r.expr(stmt.value)}  # line {stmt.span.line}")
+            continue
+        n = len(stmt.branches)
+        before = set(tensors)
+        after: set[str] = set()
+        for i, (cond, body) in enumerate(stmt.branches):
+            word = "if" if i == 0 else "elif"
+            out.append(f"{indent}{word} _truth({r.expr(cond)}):  # line {cond.span.line}")
+            out.append(f"{indent}    path.append({i})")
+            branch = set(before)
+            _render_decide_block(body, r, branch, out, indent + "    ")
+            after |= branch
+        out.append(f"{indent}else:")
+        out.append(f"{indent}    path.append({n})")
+        branch = set(before)
+        _render_decide_block(stmt.orelse or (), r, branch, out, indent + "    ")
+        after |= branch
+        tensors.clear()
+        tensors.update(after)
+
+
+def render_host_args(program: Program) -> list[str]:
+    """The lines of ``def host_args(h, t)`` for a hoisted program."""
+    out = ["def host_args(h, t):",
+           '    """The kernel\'s scalar arguments for this step, in float64."""']
+    names = {}
+    for ins in program.host:
+        v = f"x{ins.out.id}"
+        names[ins.out.id] = v
+        a = [names[x.id] for x in ins.args]
+        line = f"  # line {ins.span.line}" if ins.span else ""
+        if ins.op == "const":
+            rhs = f"_f({number(ins.attr)})" if isinstance(ins.attr, float) \
+                else constant(ins.attr)
+        elif ins.op == "hyper":
+            info_key = quoted_ident(ins.attr)
+            if ins.out.type.elem == "tuple":
+                rhs = f"tuple(map(_f, h[{info_key}]))"
+            elif ins.out.type.elem == "float":
+                rhs = f"_f(h[{info_key}])"
+            else:
+                rhs = f"h[{info_key}]"
+        elif ins.op == "step":
+            rhs = "_f(t)"
+        elif ins.op == "index":
+            rhs = f"{a[0]}[{int(ins.attr)}]"
+        elif ins.op == "where":
+            rhs = f"({a[1]} if {a[0]} else {a[2]})"
+        elif ins.op in ("eq", "ne"):
+            rhs = f"_ops.apply({ins.op!r}, {', '.join(a)})"
+        elif ins.op == "rsqrt":
+            rhs = f"_ops.rsqrt({a[0]})"
+        else:
+            rhs = f"_np.{UFUNC[ins.op]}({', '.join(a)})"
+        out.append(f"    {v} = {rhs}{line}")
+    ret = "".join(f"{names[v.id]}, " for v in program.kernel_args)
+    out.append(f"    return ({ret})")
+    return out

@@ -1,0 +1,180 @@
+"""Lowering: a CheckedSpec and one path of host decisions -> an IR Program.
+
+Host ``if`` statements are resolved by the *path*: the tuple of branch indices taken, in
+the order the ``if`` statements are reached (``len(branches)`` means "no branch": the
+``else``, or nothing). :func:`paths` enumerates every possible path; the runtime computes
+the path for a step with the generated ``decide`` function (``optdsl.hostcode``).
+"""
+
+from __future__ import annotations
+
+from itertools import count
+
+from . import syntax as S
+from .checker import CheckedSpec
+from .errors import InternalCompilerError
+from .ir import (
+    CONSTANTS,
+    HOST_BOOL,
+    HOST_FLOAT,
+    HOST_STR,
+    TENSOR_FLOAT,
+    Instr,
+    Program,
+    Type,
+    Var,
+    result_type,
+)
+
+Path = tuple[int, ...]
+
+
+def paths(spec: S.Spec, limit: int = 4096) -> list[Path]:
+    """Every path through the host ifs of the update block, in a stable order."""
+
+    def walk(stmts: tuple[S.Stmt, ...], prefix: list[Path]) -> list[Path]:
+        out = prefix
+        for stmt in stmts:
+            if not isinstance(stmt, S.If):
+                continue
+            bodies = [body for _, body in stmt.branches] + [stmt.orelse or ()]
+            nxt: list[Path] = []
+            for p in out:
+                for i, body in enumerate(bodies):
+                    nxt += walk(body, [p + (i,)])
+            if len(nxt) > limit:
+                raise InternalCompilerError(f"more than {limit} specialisations")
+            out = nxt
+        return out
+
+    return walk(spec.body, [()])
+
+
+class _Builder:
+    def __init__(self, checked: CheckedSpec):
+        self.checked = checked
+        self.instrs: list[Instr] = []
+        self.ids = count()
+        self.cache: dict[tuple, Var] = {}
+
+    def emit(self, op: str, args: tuple[Var, ...] = (), attr=None, span=None, hint="",
+             type_: Type | None = None) -> Var:
+        if type_ is None:
+            type_ = result_type(op, tuple(a.type for a in args))
+        out = Var(next(self.ids), type_, hint)
+        self.instrs.append(Instr(out, op, args, attr, span))
+        return out
+
+    def leaf(self, op: str, attr, type_: Type, hint: str = "", span=None) -> Var:
+        """Leaves are emitted once each (a buffer is loaded once, a hyper read once)."""
+        key = (op, attr if not isinstance(attr, float) else repr(attr))
+        if key not in self.cache:
+            self.cache[key] = self.emit(op, (), attr, span, hint or str(attr), type_)
+        return self.cache[key]
+
+
+def lower(checked: CheckedSpec, path: Path) -> Program:
+    """The straight-line program that ``path`` selects."""
+    b = _Builder(checked)
+    spec = checked.spec
+    env: dict[str, Var] = {}
+    for name in ("p", "g"):
+        env[name] = b.leaf("load", name, TENSOR_FLOAT, name)
+    decisions = list(path)
+    _lower_block(spec.body, env, decisions, b)
+    if decisions:
+        raise InternalCompilerError(f"path {path} has unused decisions")
+    outputs = []
+    for name in ["p"] + [s.name for s in spec.states]:
+        var = env.get(name)
+        if var is None:
+            continue
+        loaded = b.cache.get(("load", name))
+        if var is not loaded:
+            outputs.append((name, var))
+    return Program(spec.name, tuple(b.instrs), tuple(outputs))
+
+
+def _lower_block(stmts, env: dict[str, Var], decisions: list[int], b: _Builder) -> None:
+    for stmt in stmts:
+        if isinstance(stmt, S.If):
+            if not decisions:
+                raise InternalCompilerError("path too short for the spec's ifs")
+            choice = decisions.pop(0)
+            bodies = [body for _, body in stmt.branches] + [stmt.orelse or ()]
+            _lower_block(bodies[choice], env, decisions, b)
+            continue
+        if len(stmt.targets) > 1 and isinstance(stmt.value, S.Tuple):
+            values = [_lower_expr(item, env, b) for item in stmt.value.items]
+        elif len(stmt.targets) > 1:
+            whole = _lower_expr(stmt.value, env, b)
+            values = [b.emit("index", (whole,), i, stmt.span, stmt.targets[i], HOST_FLOAT)
+                      for i in range(len(stmt.targets))]
+        else:
+            values = [_lower_expr(stmt.value, env, b)]
+        for name, value in zip(stmt.targets, values):
+            env[name] = value
+
+
+def _truth(var: Var, b: _Builder, span) -> Var:
+    if var.type.elem == "bool":
+        return var
+    zero = b.leaf("const", 0.0, HOST_FLOAT)
+    return b.emit("ne", (var, zero), span=span)
+
+
+def _lower_expr(e: S.Expr, env: dict[str, Var], b: _Builder) -> Var:
+    spec = b.checked.spec
+    if isinstance(e, S.Num):
+        return b.leaf("const", float(e.value), HOST_FLOAT)
+    if isinstance(e, S.Bool):
+        return b.leaf("const", bool(e.value), HOST_BOOL)
+    if isinstance(e, S.Str):
+        return b.leaf("const", e.value, HOST_STR)
+    if isinstance(e, S.Name):
+        name = e.id
+        if name in env:
+            return env[name]
+        if name == "t":
+            return b.leaf("step", None, HOST_FLOAT, "t")
+        if any(s.name == name for s in spec.states):
+            env[name] = b.leaf("load", name, TENSOR_FLOAT, name)
+            return env[name]
+        if name in b.checked.hypers:
+            return b.leaf("hyper", name, b.checked.hypers[name].ir_type, name)
+        if name in CONSTANTS:
+            return b.leaf("const", CONSTANTS[name], HOST_FLOAT)
+        raise InternalCompilerError(f"unresolved name {name!r} survived the checker")
+    if isinstance(e, S.Index):
+        value = _lower_expr(e.value, env, b)
+        return b.emit("index", (value,), e.index, e.span, type_=HOST_FLOAT)
+    if isinstance(e, S.Tuple):
+        raise InternalCompilerError("tuple literal outside an unpacking")
+    if isinstance(e, S.Unary):
+        return b.emit(e.op, (_lower_expr(e.operand, env, b),), span=e.span)
+    if isinstance(e, S.Binary):
+        left, right = _lower_expr(e.left, env, b), _lower_expr(e.right, env, b)
+        return b.emit(e.op, (left, right), span=e.span)
+    if isinstance(e, S.Compare):
+        operands = [_lower_expr(o, env, b) for o in e.operands]
+        result = None
+        for op, x, y in zip(e.ops, operands, operands[1:]):
+            part = b.emit(op, (x, y), span=e.span)
+            result = part if result is None else b.emit("and", (result, part), span=e.span)
+        return result
+    if isinstance(e, S.IfExp):
+        cond = _truth(_lower_expr(e.test, env, b), b, e.span)
+        a, c = _lower_expr(e.body, env, b), _lower_expr(e.orelse, env, b)
+        return b.emit("where", (cond, a, c), span=e.span)
+    if isinstance(e, S.Call):
+        args = [_lower_expr(a, env, b) for a in e.args]
+        if e.func == "clip":
+            x, lo, hi = args
+            return b.emit("min", (b.emit("max", (x, lo), span=e.span), hi), span=e.span)
+        if e.func in ("min", "max"):
+            result = args[0]
+            for a in args[1:]:
+                result = b.emit(e.func, (result, a), span=e.span)
+            return result
+        return b.emit(e.func, tuple(args), span=e.span)
+    raise InternalCompilerError(f"cannot lower {type(e).__name__}")

@@ -1,0 +1,60 @@
+"""Rendering values and names into generated Python.
+
+Generated code may contain only validated identifiers and re-rendered numbers (DESIGN.md).
+These helpers are the only way text from a spec reaches a template: identifiers are
+re-checked against a strict pattern and prefixed so they cannot collide with Python
+keywords or the template's own names; numbers are re-rendered from floats; strings become
+tuples of code points, decoded at run time.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+
+from .errors import InternalCompilerError
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def ident(name: str, prefix: str = "v_") -> str:
+    """A spec identifier as a safe Python name (``exp_avg`` -> ``v_exp_avg``)."""
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise InternalCompilerError(f"refusing to render non-identifier {name!r}")
+    out = prefix + name
+    if keyword.iskeyword(out):  # pragma: no cover - a prefix makes this impossible
+        raise InternalCompilerError(f"identifier {out!r} is a keyword")
+    return out
+
+
+def quoted_ident(name: str) -> str:
+    """A validated identifier as a string literal (dictionary keys like ``h['lr']``)."""
+    ident(name)
+    return "'" + name + "'"
+
+
+def number(value: float) -> str:
+    """A float literal that evaluates back to exactly ``value``."""
+    value = float(value)
+    if math.isnan(value):
+        return "_NAN"
+    if math.isinf(value):
+        return "_INF" if value > 0 else "(-_INF)"
+    text = repr(value)
+    return f"({text})" if text.startswith("-") else text
+
+
+def text(value: str) -> str:
+    """A string as code points: ``'min'`` -> ``_text((109, 105, 110))``."""
+    return "_text((" + "".join(f"{ord(c)}, " for c in value) + "))"
+
+
+def constant(value) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, tuple):
+        return "(" + "".join(constant(v) + ", " for v in value) + ")"
+    return number(value)

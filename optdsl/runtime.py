@@ -1,0 +1,471 @@
+"""The torch-shaped runtime: parameters, param groups, state in flat buffers, stepping.
+
+The compiled core (host functions and kernels from :mod:`optdsl.compiler`) is pure; every
+mutation of parameters and state happens here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from . import hypers as H
+from .backends import Backend
+from .compiler import CompiledSpec, backend_for
+from .errors import HyperError, HyperTypeError, OptdslError, StateDictError
+
+
+class Param:
+    """A parameter: an array ``data`` and its gradient ``grad`` (None until set).
+
+    Any object with array attributes ``.data`` and ``.grad`` works as a parameter; this
+    is the plain one. Parameters are hashed by identity, as torch tensors are.
+    """
+
+    __slots__ = ("data", "grad", "name", "__weakref__")
+
+    def __init__(self, data: Any, name: str | None = None, grad: Any = None):
+        self.data = data
+        self.grad = grad
+        self.name = name
+
+    def __repr__(self) -> str:
+        shape = getattr(self.data, "shape", "?")
+        dtype = getattr(self.data, "dtype", "?")
+        label = f"{self.name!r}, " if self.name else ""
+        return f"Param({label}shape={tuple(shape)}, dtype={dtype})"
+
+
+class _Layout:
+    """The state of one param group for one dtype: one flat buffer, a view per param.
+
+    Row ``k`` of ``buffer`` is state ``names[k]`` for every param of the group with this
+    dtype, laid end to end, so the kernel can also run over a whole row at once.
+    """
+
+    def __init__(self, params: list[Any], dtype: np.dtype, names: list[str]):
+        self.params = params
+        self.dtype = np.dtype(dtype)
+        self.offsets = {}
+        offset = 0
+        for p in params:
+            self.offsets[id(p)] = (offset, int(np.size(p.data)), tuple(np.shape(p.data)))
+            offset += int(np.size(p.data))
+        self.size = offset
+        self.names: list[str] = []
+        self.buffer = np.zeros((0, self.size), self.dtype)
+        self.grow(names)
+
+    def grow(self, names: list[str]) -> bool:
+        """Make room for states not yet laid out; True if the buffer moved."""
+        new = [n for n in names if n not in self.names]
+        if not new:
+            return False
+        buffer = np.zeros((len(self.names) + len(new), self.size), self.dtype)
+        buffer[: len(self.names)] = self.buffer
+        self.buffer, self.names = buffer, self.names + new
+        return True
+
+    def flat(self, name: str, p: Any) -> np.ndarray:
+        off, n, _ = self.offsets[id(p)]
+        return self.buffer[self.names.index(name), off: off + n]
+
+    def view(self, name: str, p: Any) -> np.ndarray:
+        return self.flat(name, p).reshape(self.offsets[id(p)][2])
+
+
+def _is_param(obj: Any) -> bool:
+    return hasattr(obj, "data") and hasattr(obj, "grad")
+
+
+class Optimizer:
+    """Base class of every compiled optimizer; subclasses carry a ``_spec``.
+
+    Mirrors ``torch.optim.Optimizer``: ``param_groups``, ``state``, ``step``,
+    ``zero_grad``, ``add_param_group``, ``state_dict`` and ``load_state_dict``.
+    """
+
+    _spec: CompiledSpec
+
+    def __init__(self, params: Iterable[Any], *, backend: str | None = None, **hypers: Any):
+        name = type(self).__name__
+        self.defaults: dict[str, Any] = H.resolve(self._spec.hypers, hypers, name)
+        self._check_requires(self.defaults)
+        self.backend = backend
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[Any, dict[str, Any]] = {}
+        self._layouts: dict[tuple[int, str], _Layout] = {}
+        self._validated: list[tuple[dict, dict]] = []
+        self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        if _is_param(params) or isinstance(params, np.ndarray):
+            raise TypeError(f"{name}: params must be an iterable of parameters or of dicts, "
+                            f"got a single {type(params).__name__}")
+        groups = list(params)
+        if not groups:
+            raise ValueError(f"{name} got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # --- class-level introspection ------------------------------------------------------
+    @classmethod
+    def source(cls, backend: str = "numpy", *, t: int = 1, **hypers: Any) -> str:
+        """The exact kernel source that runs for these hypers (defaults otherwise) at step t."""
+        from . import backends
+
+        values = H.resolve(cls._spec.hypers, hypers, cls.__name__)
+        path = cls._spec.host["decide"](values, t)
+        return cls._spec.kernel(backends.get(backend), path).source
+
+    @classmethod
+    def ir(cls, *, t: int = 1, optimized: bool = True, **hypers: Any):
+        """The IR of the specialisation these hypers select (after the passes by default)."""
+        values = H.resolve(cls._spec.hypers, hypers, cls.__name__)
+        path = cls._spec.host["decide"](values, t)
+        return cls._spec.program(path) if optimized else cls._spec.unoptimized(path)
+
+    @classmethod
+    def spec_text(cls) -> str:
+        return cls._spec.text
+
+    # --- param groups -------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        name = type(self).__name__
+        if not isinstance(param_group, dict):
+            raise TypeError(f"{name}: a param group must be a dict, got "
+                            f"{type(param_group).__name__}")
+        if "params" not in param_group:
+            raise TypeError(f"{name}: a param group needs a 'params' entry")
+        params = param_group["params"]
+        params = [params] if _is_param(params) else list(params)
+        for p in params:
+            if not _is_param(p):
+                raise TypeError(f"{name}: {type(p).__name__} is not a parameter: it needs "
+                                "array attributes .data and .grad (wrap arrays in "
+                                "optdsl.Param)")
+            dtype = getattr(p.data, "dtype", None)
+            if dtype is None or np.dtype(dtype).kind != "f":
+                raise TypeError(f"{name}: parameters must hold floating-point arrays, got "
+                                f"{dtype}")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError(f"{name}: a param group holds the same parameter twice")
+        existing = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in existing for p in params):
+            raise ValueError(f"{name}: some parameters appear in more than one parameter "
+                             "group")
+        overrides = {k: v for k, v in param_group.items() if k != "params"}
+        extra = {k: v for k, v in overrides.items() if k not in self._spec.hypers}
+        for key in extra:
+            close = difflib.get_close_matches(key, list(self._spec.hypers), n=1, cutoff=0.8)
+            if close:
+                raise HyperTypeError(f"{name}: unknown param group key {key!r}; did you "
+                                     f"mean {close[0]!r}?")
+        known = {k: v for k, v in overrides.items() if k in self._spec.hypers}
+        values = H.resolve(self._spec.hypers, known, name, defaults=self.defaults)
+        self._check_requires(values)
+        group = {"params": params, **values, **extra}
+        self.param_groups.append(group)
+        self._validated.append(({k: group[k] for k in self._spec.hypers}, values))
+
+    def _check_requires(self, values: dict[str, Any]) -> None:
+        failing = self._spec.host["requires"](values)
+        if failing >= 0:
+            message = self._spec.spec.requires[failing].message
+            raise HyperError(f"{type(self).__name__}: {message}")
+
+    def _group_hypers(self, index: int) -> dict[str, Any]:
+        """The group's validated hypers; revalidated only when something changed."""
+        group = self.param_groups[index]
+        current = {k: group.get(k, self.defaults[k]) for k in self._spec.hypers}
+        snapshot, values = self._validated[index]
+        if current != snapshot:
+            values = H.resolve(self._spec.hypers, current, type(self).__name__)
+            self._check_requires(values)
+            self._validated[index] = (current, values)
+        return values
+
+    # --- stepping -----------------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad[...] = 0
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter that has a gradient; returns the closure's loss."""
+        loss = closure() if closure is not None else None
+        for index, group in enumerate(self.param_groups):
+            live = [p for p in group["params"] if p.grad is not None]
+            if not live:
+                continue
+            values = self._group_hypers(index)
+            backend = self._backend_for(live)
+            enabled = self._spec.host["state_enabled"](values)
+            per_step: dict[tuple, tuple] = {}
+            for p in live:
+                self._step_param(index, group, p, values, enabled, backend, per_step)
+        return loss
+
+    def _backend_for(self, params: list[Any]) -> Backend:
+        backend = backend_for(self.backend, params[0].data)
+        for p in params:
+            if not backend.accepts(p.data):
+                raise OptdslError(f"{type(self).__name__}: parameters of one group live on "
+                                  f"different devices ({type(params[0].data).__name__} and "
+                                  f"{type(p.data).__name__})")
+        return backend
+
+    def _layout(self, index: int, dtype: np.dtype, names: list[str]) -> _Layout:
+        key = (index, np.dtype(dtype).str)
+        layout = self._layouts.get(key)
+        if layout is None:
+            params = [p for p in self.param_groups[index]["params"]
+                      if np.dtype(p.data.dtype) == np.dtype(dtype)]
+            layout = self._layouts[key] = _Layout(params, dtype, names)
+        elif layout.grow(names):
+            for p in layout.params:  # the buffer moved: re-point the state views
+                st = self.state.get(p)
+                if st is not None:
+                    for name in layout.names:
+                        if name in st:
+                            st[name] = layout.view(name, p)
+        return layout
+
+    def _init_state(self, values: dict, p: Any, layout: _Layout, name: str) -> None:
+        init = self._spec.host["init_" + name](values, np.asarray(p.data))
+        view = layout.view(name, p)
+        np.copyto(view, init, casting="unsafe")
+        self.state[p][name] = view
+
+    def _step_param(self, index, group, p, values, enabled, backend, per_step) -> None:
+        name = type(self).__name__
+        data, grad = p.data, p.grad
+        if np.shape(grad) != np.shape(data):
+            raise OptdslError(f"{name}: gradient shape {np.shape(grad)} does not match "
+                              f"parameter shape {np.shape(data)}")
+        if grad.dtype != data.dtype:
+            raise OptdslError(f"{name}: gradient dtype {grad.dtype} does not match "
+                              f"parameter dtype {data.dtype}")
+        st = self.state.get(p)
+        t = (st["step"] if st is not None else 0) + 1
+        key = (t, data.dtype.str)
+        if key not in per_step:
+            path = self._spec.host["decide"](values, t)
+            kernel = self._spec.kernel(backend, path)
+            args = tuple(data.dtype.type(a) if isinstance(a, np.floating) else a
+                         for a in kernel.host_args(values, t))
+            per_step[key] = (kernel, args)
+        kernel, args = per_step[key]
+        needed = [b for b in kernel.buffers if b not in ("p", "g")]
+        wanted = [s.name for s in self._spec.spec.states if enabled[s.name] or s.name in needed]
+        layout = self._layout(index, data.dtype, wanted)
+        if st is None:
+            st = self.state[p] = {"step": 0}
+        for s in wanted:
+            if s not in st:
+                self._init_state(values, p, layout, s)
+            elif not _same_view(st[s], layout, s, p):
+                # The user replaced the array (as torch allows): take its values.
+                np.copyto(layout.view(s, p), np.asarray(st[s]), casting="same_kind")
+                st[s] = layout.view(s, p)
+        contiguous = data.flags.c_contiguous
+        flat_p = data.reshape(-1) if contiguous else np.ascontiguousarray(data).reshape(-1)
+        flat_g = np.ascontiguousarray(grad).reshape(-1)
+        buffers = {"p": flat_p, "g": flat_g}
+        for b in kernel.buffers:
+            if b not in buffers:
+                buffers[b] = layout.flat(b, p)
+        scratch = self._scratch_for(kernel, data.dtype)
+        with np.errstate(all="ignore"):
+            kernel.run(flat_p.size, *(buffers[b] for b in kernel.buffers), args, scratch,
+                       _chunk())
+        if not contiguous:
+            data[...] = flat_p.reshape(data.shape)
+        st["step"] = t
+
+    def _scratch_for(self, kernel, dtype) -> tuple[np.ndarray, np.ndarray]:
+        key = (id(kernel), np.dtype(dtype).str)
+        if key not in self._scratch:
+            n_float, n_bool = kernel.scratch
+            chunk = _chunk()
+            self._scratch[key] = (np.empty((n_float, chunk), dtype),
+                                  np.empty((n_bool, chunk), bool))
+        return self._scratch[key]
+
+    # --- state_dict -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's layout: integer param ids, groups listing them. Arrays are copies."""
+        ids: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = []
+            for p in group["params"]:
+                ids[id(p)] = len(ids)
+                packed["params"].append(ids[id(p)])
+            groups.append(packed)
+        state = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st is None:
+                    continue
+                state[ids[id(p)]] = {k: (v if k == "step" else np.array(v, copy=True))
+                                     for k, v in st.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict. Everything is validated first; on any mismatch a
+        StateDictError is raised and the optimizer is left exactly as it was."""
+        name = type(self).__name__
+        groups, state = _validate_layout(name, state_dict, self.param_groups)
+        new_groups, new_validated = [], []
+        for i, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            saved_hypers = {k: v for k, v in saved.items() if k in self._spec.hypers}
+            try:
+                values = H.resolve(self._spec.hypers, saved_hypers, name,
+                                   defaults=self.defaults)
+                self._check_requires(values)
+            except HyperError as exc:
+                raise StateDictError(f"{name}.load_state_dict: param group {i}: {exc}") \
+                    from None
+            extra = {k: v for k, v in saved.items()
+                     if k not in self._spec.hypers and k != "params"}
+            new_group = {"params": group["params"], **values, **extra}
+            new_groups.append(new_group)
+            new_validated.append(({k: new_group[k] for k in self._spec.hypers}, values))
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved_ids = [i for g in groups for i in g["params"]]
+        by_saved_id = dict(zip(saved_ids, params))
+        states = {s.name for s in self._spec.spec.states}
+        converted: dict[Any, dict[str, Any]] = {}
+        for sid, entry in state.items():
+            if sid not in by_saved_id:
+                raise StateDictError(f"{name}.load_state_dict: state for param id {sid}, "
+                                     "which no param group lists")
+            p = by_saved_id[sid]
+            converted[p] = _convert_entry(name, sid, entry, p, states)
+        # Validation is complete: build the new layouts, then swap everything in.
+        layouts: dict[tuple[int, str], _Layout] = {}
+        new_state: dict[Any, dict[str, Any]] = {}
+        for gi, group in enumerate(new_groups):
+            enabled = self._spec.host["state_enabled"](new_validated[gi][1])
+            for p in group["params"]:
+                if p not in converted:
+                    continue
+                entry = converted[p]
+                key = (gi, np.dtype(p.data.dtype).str)
+                names = [s.name for s in self._spec.spec.states
+                         if enabled[s.name] or s.name in entry]
+                if key not in layouts:
+                    members = [q for q in group["params"]
+                               if np.dtype(q.data.dtype) == np.dtype(p.data.dtype)]
+                    layouts[key] = _Layout(members, p.data.dtype, names)
+                layout = layouts[key]
+                layout.grow(names)
+                new_state[p] = {"step": entry["step"]}
+                for s, arr in entry.items():
+                    if s != "step":
+                        np.copyto(layout.view(s, p), arr, casting="unsafe")
+        for p, st in new_state.items():
+            gi = next(i for i, g in enumerate(new_groups) if any(q is p for q in g["params"]))
+            layout = layouts[(gi, np.dtype(p.data.dtype).str)]
+            for s in converted[p]:
+                if s != "step":
+                    st[s] = layout.view(s, p)
+        self.param_groups[:] = new_groups
+        self._validated = new_validated
+        self._layouts = layouts
+        self.state = new_state
+        self._scratch.clear()
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in self._spec.hypers:
+                lines.append(f"    {k}: {group[k]!r}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _same_view(arr: Any, layout: _Layout, name: str, p: Any) -> bool:
+    view = layout.view(name, p)
+    return (isinstance(arr, np.ndarray) and arr.shape == view.shape
+            and arr.__array_interface__["data"][0] == view.__array_interface__["data"][0]
+            and arr.dtype == view.dtype)
+
+
+def _chunk() -> int:
+    from .backends.numpy_backend import CHUNK
+
+    return CHUNK
+
+
+def _validate_layout(name: str, sd: Any, param_groups: list[dict]):
+    if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
+        raise StateDictError(f"{name}.load_state_dict: expected a dict with 'state' and "
+                             "'param_groups'")
+    groups, state = sd["param_groups"], sd["state"]
+    if not isinstance(groups, (list, tuple)) or not isinstance(state, dict):
+        raise StateDictError(f"{name}.load_state_dict: 'param_groups' must be a list and "
+                             "'state' a dict")
+    if len(groups) != len(param_groups):
+        raise StateDictError(f"{name}.load_state_dict: the state_dict has {len(groups)} "
+                             f"param groups, the optimizer has {len(param_groups)}")
+    seen: set[int] = set()
+    for i, (saved, ours) in enumerate(zip(groups, param_groups)):
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise StateDictError(f"{name}.load_state_dict: param group {i} has no 'params'")
+        ids = list(saved["params"])
+        if len(ids) != len(ours["params"]):
+            raise StateDictError(f"{name}.load_state_dict: param group {i} has {len(ids)} "
+                                 f"params in the state_dict but {len(ours['params'])} here")
+        for sid in ids:
+            if isinstance(sid, bool) or not isinstance(sid, (int, np.integer)) or sid in seen:
+                raise StateDictError(f"{name}.load_state_dict: bad or repeated param id "
+                                     f"{sid!r} in group {i}")
+            seen.add(int(sid))
+    return groups, state
+
+
+def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str]) -> dict:
+    where = f"{name}.load_state_dict: state of param {sid}"
+    if not isinstance(entry, dict):
+        raise StateDictError(f"{where} must be a dict")
+    out: dict[str, Any] = {}
+    step = entry.get("step", 0)
+    try:
+        step_value = float(np.asarray(step))
+    except (TypeError, ValueError):
+        raise StateDictError(f"{where}: 'step' must be a number, got {step!r}") from None
+    if not math.isfinite(step_value) or step_value < 0 or not step_value.is_integer():
+        raise StateDictError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+    out["step"] = int(step_value)
+    for key, value in entry.items():
+        if key == "step":
+            continue
+        if key not in states:
+            close = difflib.get_close_matches(key, sorted(states), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise StateDictError(f"{where}: unknown state {key!r}{hint}")
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # noqa: BLE001 - anything unconvertible is a bad entry
+            raise StateDictError(f"{where}: {key!r} is not an array ({exc})") from None
+        if arr.shape != tuple(np.shape(p.data)):
+            raise StateDictError(f"{where}: {key!r} has shape {arr.shape}, the parameter "
+                                 f"has {tuple(np.shape(p.data))}")
+        if arr.dtype.kind not in "fiu":
+            raise StateDictError(f"{where}: {key!r} has dtype {arr.dtype}, expected floats")
+        out[key] = arr
+    return out
