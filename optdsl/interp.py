@@ -1,0 +1,78 @@
+"""The reference interpreter: evaluates an *unoptimised* IR Program on whole arrays.
+
+It is the oracle the kernels are tested against. It walks the SSA instructions one by
+one with :func:`optdsl.ops.apply`, with no passes, no chunking, no scratch reuse and no
+hoisting: host values are ``numpy.float64``, tensor values are arrays of the parameter's
+dtype (host operands are cast to that dtype where they meet a tensor, as the runtime casts
+kernel arguments).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import ops
+from .errors import InternalCompilerError
+from .ir import Program
+
+
+def interpret(program: Program, hypers: dict[str, Any], t: int,
+              buffers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``program`` on ``buffers`` (p, g and states); return the new outputs.
+
+    The inputs are not modified.
+    """
+    dtype = np.asarray(buffers["p"]).dtype
+    values: dict[int, Any] = {}
+    for ins in program.host + program.body:
+        if ins.op == "const":
+            value = ins.attr if isinstance(ins.attr, (bool, str)) else np.float64(ins.attr)
+        elif ins.op == "hyper":
+            raw = hypers[ins.attr]
+            if ins.out.type.elem == "tuple":
+                value = tuple(np.float64(v) for v in raw)
+            elif ins.out.type.elem == "float":
+                value = np.float64(raw)
+            else:
+                value = raw
+        elif ins.op == "step":
+            value = np.float64(t)
+        elif ins.op == "load":
+            value = np.array(buffers[ins.attr], dtype=dtype, copy=True)
+        elif ins.op == "index":
+            value = values[ins.args[0].id][ins.attr]
+        elif ins.op == "copy":
+            value = np.array(values[ins.args[0].id], copy=True)
+        else:
+            args = [values[a.id] for a in ins.args]
+            if ins.out.type.is_tensor:
+                args = [_as_dtype(a, dtype) for a in args]
+            if ins.op == "where" and not ins.out.type.is_tensor:
+                value = args[1] if args[0] else args[2]
+            else:
+                value = ops.apply(ins.op, *args)
+            if ins.out.type.is_tensor:
+                value = np.asarray(value)
+                if ins.out.type.elem == "float":
+                    value = value.astype(dtype, copy=False)
+                value = np.broadcast_to(value, np.shape(buffers["p"])).copy()
+            elif ins.out.type.elem == "float":
+                value = np.float64(value)
+            elif ins.out.type.elem == "bool":
+                value = bool(value)
+        values[ins.out.id] = value
+    out = {}
+    for name, var in program.outputs:
+        if not var.type.is_tensor:
+            raise InternalCompilerError(f"output {name} is not elementwise")
+        out[name] = values[var.id]
+    return out
+
+
+def _as_dtype(value: Any, dtype: np.dtype) -> Any:
+    """Host floats meet tensors in the tensor's dtype (bools and arrays pass through)."""
+    if isinstance(value, np.floating):
+        return dtype.type(value)
+    return value
