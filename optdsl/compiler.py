@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import backends, cache, passes
+from . import cache, passes
+from .backends import get as get_backend
+from .backends import pick as pick_backend
 from .backends import Backend, Kernel
 from .checker import CheckedSpec, check
 from .frontend import parse
@@ -120,4 +122,4 @@ def read_source(path_or_source: str | Path) -> tuple[str, str]:
 
 
 def backend_for(name: str | None, array: Any) -> Backend:
-    return backends.get(name) if name is not None else backends.pick(array)
+    return get_backend(name) if name is not None else pick_backend(array)
