@@ -21,7 +21,7 @@ from .backends import Backend, Kernel
 from .compiler import CompiledSpec
 from .errors import OptdslError
 from .hypers import HyperInfo
-from .render import constant, ident, number, quoted_ident
+from .render import constant, hex_string, ident, number, quoted_ident
 
 MAX_PATHS = 256
 
@@ -33,6 +33,7 @@ def _template() -> jinja2.Template:
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
         lstrip_blocks=True, autoescape=False)
     env.filters["quoted"] = quoted_ident
+    env.filters["hexstr"] = hex_string
     return env.get_template("module.py.j2")
 
 
@@ -72,6 +73,7 @@ def render_module(spec: CompiledSpec, backend: str = "numpy") -> str:
         version=__version__, kind=spec.kind, name=ident(spec.name, ""), backend=chosen.name,
         spec_hash=spec.spec_hash, hypers=[_hyper_literal(h) for h in spec.hypers.values()],
         states=[s.name for s in spec.spec.states],
+        conditional=[s.name for s in spec.spec.states if s.cond is not None],
         requires=[constant(r.message) for r in spec.spec.requires],
         doc=constant(spec.spec.doc), host=spec.host_source, kernels=kernels)
 
@@ -127,7 +129,9 @@ def build_class(name: str, kind: str, namespace: dict[str, Any]):
     from .api import make_class
 
     hypers = {h.name: h for h in namespace["HYPERS"]}
-    states = tuple(SimpleNamespace(name=s, cond=None) for s in namespace["STATES"])
+    conditional = set(namespace["CONDITIONAL_STATES"])
+    states = tuple(SimpleNamespace(name=s, cond=True if s in conditional else None)
+                   for s in namespace["STATES"])
     requires = tuple(SimpleNamespace(message=m) for m in namespace["REQUIRE_MESSAGES"])
     spec = ExportedSpec(
         name, kind, hypers, SimpleNamespace(doc=namespace["DOC"], states=states,

@@ -58,3 +58,10 @@ def constant(value) -> str:
     if isinstance(value, tuple):
         return "(" + "".join(constant(v) + ", " for v in value) + ")"
     return number(value)
+
+
+def hex_string(value: str) -> str:
+    """A hash (hex digits only) as a string literal."""
+    if not re.fullmatch(r"[0-9a-f]+", value):
+        raise InternalCompilerError(f"refusing to render non-hex {value!r}")
+    return "'" + value + "'"

@@ -1,0 +1,122 @@
+"""The optdsl command line and the self-contained modules it writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import optdsl
+from optdsl.cli import main
+
+EXAMPLES = Path(__file__).parent / "examples"
+ROOT = Path(__file__).parents[1]
+
+
+def test_list_shows_every_stdlib_optimizer_with_hypers_and_state_bytes(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"):
+        assert f"{name}  (" in out
+    assert "Adam  (adam.opt; 8 state bytes per fp32 parameter" in out
+    assert "SGD  (sgd.opt; 0 state bytes" in out
+    assert "betas: tuple[2] = (0.9, 0.999) in [0, 1)" in out
+
+
+def test_check_ok_and_error(tmp_path, capsys):
+    good = EXAMPLES / "design_lion.opt"
+    bad = tmp_path / "bad.opt"
+    bad.write_text(good.read_text().replace("(1 - b1) * g)", "(1 - bta1) * g)"))
+    assert main(["check", str(good)]) == 0
+    assert capsys.readouterr().out.strip().endswith("design_lion.opt: ok")
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:13:43: unknown name 'bta1'" in err
+    assert "^^^^" in err
+    assert main(["check", str(tmp_path / "missing.opt")]) == 1
+
+
+def test_compile_prints_kernel_and_ir(capsys):
+    assert main(["compile", str(EXAMPLES / "design_lion.opt")]) == 0
+    out = capsys.readouterr().out
+    assert "def kernel(" in out and "def host_args(" in out and "_np.sign(" in out
+    assert main(["compile", "Adam", "--emit", "ir"]) == 0
+    ir = capsys.readouterr().out
+    assert ir.startswith("program Adam") and "host:" in ir and "-> out:exp_avg" in ir
+
+
+def test_show_prints_spec_ir_and_kernel(capsys):
+    assert main(["show", "Adam"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer Adam" in out and "program Adam" in out and "def kernel(" in out
+
+
+def test_show_unknown_name_is_a_clean_error(capsys):
+    assert main(["show", "Adamm"]) == 1
+    assert "not a stdlib optimizer" in capsys.readouterr().err
+
+
+def _import(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name,hypers", [
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("Adam", {"lr": 0.01, "amsgrad": True, "maximize": True}),
+    ("RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.5}),
+])
+def test_compiled_module_runs_without_parsing_and_matches(tmp_path, monkeypatch, name, hypers):
+    out = tmp_path / f"{name.lower()}_module.py"
+    assert main(["compile", name, "-o", str(out)]) == 0
+    # Importing the module must not parse: make the parser unusable first.
+    from optdsl import frontend
+
+    monkeypatch.setattr(frontend, "parse", lambda *a, **k: pytest.fail("parsed"))
+    module = _import(out, f"exported_{name}")
+    exported = getattr(module, name)
+    original = optdsl.optim.load(name)
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal((7, 3))
+    results = []
+    for cls in (exported, original):
+        p = optdsl.Param(p0.copy())
+        opt = cls([p], **hypers)
+        for step in range(6):
+            p.grad = np.random.default_rng(step).standard_normal(p0.shape)
+            opt.step()
+        results.append((p.data.copy(), opt.state_dict()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert exported.__doc__ == original.__doc__.replace(
+        f"from stdlib/{optdsl.optim.STDLIB[name]}", f"from {out}")
+    with pytest.raises(optdsl.HyperError):
+        exported([optdsl.Param(np.ones(2))], lr=-1.0)
+
+
+def test_exported_module_holds_no_spec_text(tmp_path):
+    out = tmp_path / "sgd_module.py"
+    assert main(["compile", "SGD", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "Nesterov momentum requires" not in text  # the require message, as code points
+    assert "Stochastic gradient descent" not in text
+    compile(text, str(out), "exec")
+
+
+def test_console_script_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "optdsl", "list"], capture_output=True,
+                            text=True, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Adadelta" in result.stdout
+
+
+def test_demo_trains(capsys):
+    assert main(["demo", "--epochs", "30"]) == 0
+    out = capsys.readouterr().out
+    acc = float(out.strip().rsplit(" ", 1)[-1])
+    assert acc > 0.9, out
