@@ -7,6 +7,7 @@ calls :func:`build_class`, which rebuilds the optimizer class without parsing an
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -109,8 +110,13 @@ class ExportedSpec:
                               f"not {backend.name!r}")
         key = (backend.name, path)
         if key not in self.kernels:
-            host_args, run, buffers, outputs, scratch = self.factories[path]()
-            self.kernels[key] = Kernel("", host_args, run, buffers, outputs, scratch)
+            factory = self.factories[path]
+            host_args, run, buffers, outputs, scratch = factory()
+            try:
+                source = inspect.getsource(factory)
+            except (OSError, TypeError):  # a module without a file on disk
+                source = ""
+            self.kernels[key] = Kernel(source, host_args, run, buffers, outputs, scratch)
         return self.kernels[key]
 
 

@@ -97,6 +97,7 @@ def test_compiled_module_runs_without_parsing_and_matches(tmp_path, monkeypatch,
         f"from stdlib/{optdsl.optim.STDLIB[name]}", f"from {out}")
     with pytest.raises(optdsl.HyperError):
         exported([optdsl.Param(np.ones(2))], lr=-1.0)
+    assert "def kernel(" in exported.source("numpy", **hypers)
 
 
 def test_exported_module_holds_no_spec_text(tmp_path):
