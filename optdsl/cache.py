@@ -4,7 +4,9 @@ Keys hash everything that determines the generated text: the spec, the path, the
 backend, optdsl's version and the source of the compiler itself (templates, passes,
 renderers), so a changed compiler never reads a stale kernel. Files are written to a temp
 file in the cache directory, fsynced and renamed into place, so two processes writing the
-same entry at once both leave a whole, identical file.
+same entry at once both leave a whole, identical file. Each file opens with a header line
+naming its key and the SHA-256 of the rest; a file whose header does not match is ignored
+and rewritten, never executed.
 
 The directory is ``$OPTDSL_CACHE_DIR``, else ``$XDG_CACHE_HOME/optdsl``, else
 ``~/.cache/optdsl``. ``OPTDSL_CACHE_DIR=off`` turns the disk cache off.
@@ -28,7 +30,9 @@ _HEADER = "# optdsl-cache-key: "
 def cache_dir() -> Path | None:
     env = os.environ.get("OPTDSL_CACHE_DIR")
     if env is not None:
-        return None if env.strip().lower() in ("", "0", "off", "none") else Path(env)
+        if env.strip().lower() in ("", "0", "off", "none"):
+            return None
+        return Path(env).expanduser()  # "~/..." from a file no shell expanded
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "optdsl"
 
@@ -62,17 +66,23 @@ def get_or_create(k: str, create: Callable[[], str]) -> str:
     path = directory / f"{k}.py" if directory else None
     if path is not None:
         try:
-            text = path.read_text()
-            if text.startswith(_HEADER + k + "\n"):
-                _MEMORY[k] = text[len(_HEADER) + len(k) + 1:]
-                return _MEMORY[k]
-        except OSError:
+            head, sep, body = path.read_text(encoding="utf-8").partition("\n")
+            # The header names the key and the body's digest: a file for another key, or
+            # one whose body was damaged after it was written, is a miss, never executed.
+            if sep and head == _header(k, body):
+                _MEMORY[k] = body
+                return body
+        except (OSError, UnicodeDecodeError):
             pass
     text = create()
     _MEMORY[k] = text
     if path is not None:
-        _write_atomically(path, _HEADER + k + "\n" + text)
+        _write_atomically(path, _header(k, text) + "\n" + text)
     return text
+
+
+def _header(k: str, body: str) -> str:
+    return f"{_HEADER}{k} sha256:{hashlib.sha256(body.encode()).hexdigest()}"
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -80,7 +90,7 @@ def _write_atomically(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
         try:
-            with os.fdopen(fd, "w") as f:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .errors import HyperError, HyperTypeError
 from .ir import HOST_BOOL, HOST_FLOAT, HOST_STR, Type, tuple_type
 
@@ -67,13 +69,8 @@ def _fmt(x: float | None) -> str:
 def _is_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return isinstance(value, (np.integer, np.floating))
-    except ImportError:  # pragma: no cover - numpy is a core dependency
-        pass
+    if isinstance(value, np.generic):
+        return isinstance(value, (np.integer, np.floating))
     return isinstance(value, (int, float))
 
 
@@ -84,13 +81,15 @@ def coerce(info: HyperInfo, value: Any, owner: str = "") -> Any:
     if info.type in ("float", "int"):
         if not _is_number(value):
             raise HyperTypeError(f"{where}{name} must be a number, got {value!r}")
-        if info.type == "int" and float(value) != int(value):
+        number = _as_float(value, f"{where}invalid {name}: {value!r}")
+        if info.type == "int" and not number.is_integer():  # also rejects inf and nan
             raise HyperTypeError(f"{where}{name} must be a whole number, got {value!r}")
-        value = int(value) if info.type == "int" else float(value)
+        value = int(value) if info.type == "int" else number
         _check_range(info, value, f"{where}invalid {name}: {value!r}")
         return value
     if info.type == "bool":
-        if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        # np.bool_ is not a bool subclass (and is named 'bool' in NumPy 2, 'bool_' before).
+        if not isinstance(value, (bool, np.bool_)):
             raise HyperTypeError(f"{where}{name} must be True or False, got {value!r}")
         return bool(value)
     if info.type == "str":
@@ -104,13 +103,22 @@ def coerce(info: HyperInfo, value: Any, owner: str = "") -> Any:
     if not isinstance(value, (tuple, list)) or len(value) != info.n or not all(
             _is_number(v) for v in value):
         raise HyperTypeError(f"{where}{name} must be a tuple of {info.n} numbers, got {value!r}")
-    value = tuple(float(v) for v in value)
+    value = tuple(_as_float(v, f"{where}invalid {name}: {value!r}") for v in value)
     for i, v in enumerate(value):
         _check_range(info, v, f"{where}invalid {name}[{i}]: {v!r}")
     return value
 
 
+def _as_float(value: Any, message: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        raise HyperError(f"{message}; too large") from None
+
+
 def _check_range(info: HyperInfo, value: float, message: str) -> None:
+    if math.isnan(value):  # never meaningful, with or without a declared range
+        raise HyperError(f"{message}; expected a number, not nan")
     if info.lo is None:
         return
     ok = (value >= info.lo if info.lo_closed else value > info.lo) and (

@@ -6,8 +6,10 @@ mutation of parameters and state happens here.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -97,13 +99,17 @@ class Optimizer:
         self._check_requires(self.defaults)
         self.backend = backend
         self.param_groups: list[dict[str, Any]] = []
-        self.state: dict[Any, dict[str, Any]] = {}
+        # A defaultdict, as in torch: opt.state[p] of a param that has not stepped is {}.
+        self.state: dict[Any, dict[str, Any]] = defaultdict(dict)
         self._layouts: dict[tuple[int, str], _Layout] = {}
         self._validated: list[tuple[dict, dict]] = []
         self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         if _is_param(params) or isinstance(params, np.ndarray):
             raise TypeError(f"{name}: params must be an iterable of parameters or of dicts, "
                             f"got a single {type(params).__name__}")
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(f"{name}: params must be an ordered collection such as a list, "
+                            "not a set: their order numbers them in the state_dict")
         groups = list(params)
         if not groups:
             raise ValueError(f"{name} got an empty parameter list")
@@ -116,11 +122,11 @@ class Optimizer:
     @classmethod
     def source(cls, backend: str = "numpy", *, t: int = 1, **hypers: Any) -> str:
         """The exact kernel source that runs for these hypers (defaults otherwise) at step t."""
-        from . import backends
+        from .backends import get as get_backend
 
         values = H.resolve(cls._spec.hypers, hypers, cls.__name__)
         path = cls._spec.host["decide"](values, t)
-        return cls._spec.kernel(backends.get(backend), path).source
+        return cls._spec.kernel(get_backend(backend), path).source
 
     @classmethod
     def ir(cls, *, t: int = 1, optimized: bool = True, **hypers: Any):
@@ -142,6 +148,10 @@ class Optimizer:
         if "params" not in param_group:
             raise TypeError(f"{name}: a param group needs a 'params' entry")
         params = param_group["params"]
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(f"{name}: a param group's params must be an ordered collection "
+                            "such as a list, not a set: their order numbers them in the "
+                            "state_dict")
         params = [params] if _is_param(params) else list(params)
         for p in params:
             if not _is_param(p):
@@ -183,10 +193,15 @@ class Optimizer:
         group = self.param_groups[index]
         current = {k: group.get(k, self.defaults[k]) for k in self._spec.hypers}
         snapshot, values = self._validated[index]
-        if current != snapshot:
+        try:
+            changed = bool(current != snapshot)
+        except (ValueError, TypeError):  # e.g. an array put in a group: let resolve say why
+            changed = True
+        if changed:
             values = H.resolve(self._spec.hypers, current, type(self).__name__)
             self._check_requires(values)
-            self._validated[index] = (current, values)
+            # A copy: a list edited in place (group["betas"][0] = ...) must still differ.
+            self._validated[index] = (copy.deepcopy(current), values)
         return values
 
     # --- stepping -----------------------------------------------------------------------
@@ -203,17 +218,33 @@ class Optimizer:
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter that has a gradient; returns the closure's loss."""
         loss = closure() if closure is not None else None
+        # Check every group's hypers and gradients before touching anything, so a bad value
+        # in one group raises without having stepped the groups before it.
+        plans = []
         for index, group in enumerate(self.param_groups):
             live = [p for p in group["params"] if p.grad is not None]
             if not live:
                 continue
-            values = self._group_hypers(index)
-            backend = self._backend_for(live)
+            for p in live:
+                self._check_grad(p)
+            plans.append((index, group, live, self._group_hypers(index),
+                          self._backend_for(live)))
+        for index, group, live, values, backend in plans:
             enabled = self._spec.host["state_enabled"](values)
             per_step: dict[tuple, tuple] = {}
             for p in live:
                 self._step_param(index, group, p, values, enabled, backend, per_step)
         return loss
+
+    def _check_grad(self, p: Any) -> None:
+        name = type(self).__name__
+        data, grad = p.data, p.grad
+        if np.shape(grad) != np.shape(data):
+            raise OptdslError(f"{name}: gradient shape {np.shape(grad)} does not match "
+                              f"parameter shape {np.shape(data)}")
+        if getattr(grad, "dtype", None) != data.dtype:
+            raise OptdslError(f"{name}: gradient dtype {getattr(grad, 'dtype', None)} does "
+                              f"not match parameter dtype {data.dtype}")
 
     def _backend_for(self, params: list[Any]) -> Backend:
         backend = backend_for(self.backend, params[0].data)
@@ -224,20 +255,32 @@ class Optimizer:
                                   f"{type(p.data).__name__})")
         return backend
 
-    def _layout(self, index: int, dtype: np.dtype, names: list[str]) -> _Layout:
-        key = (index, np.dtype(dtype).str)
-        layout = self._layouts.get(key)
-        if layout is None:
-            params = [p for p in self.param_groups[index]["params"]
-                      if np.dtype(p.data.dtype) == np.dtype(dtype)]
-            layout = self._layouts[key] = _Layout(params, dtype, names)
-        elif layout.grow(names):
-            for p in layout.params:  # the buffer moved: re-point the state views
-                st = self.state.get(p)
-                if st is not None:
-                    for name in layout.names:
-                        if name in st:
-                            st[name] = layout.view(name, p)
+    def _layout(self, index: int, p: Any, names: list[str]) -> _Layout:
+        """The layout of ``p``'s group and dtype, holding at least the states ``names``."""
+        dtype = np.dtype(p.data.dtype)
+        key = (index, dtype.str)
+        old = self._layouts.get(key)
+        if old is not None and id(p) in old.offsets and all(n in old.names for n in names):
+            return old
+        # (Re)build: on first use, when a state appears mid-run (amsgrad turned on), or when
+        # a param joined the group (appended to its list) or changed dtype since. The buffer
+        # moves: copy what our views hold and re-point them. Entries that are not our views
+        # (arrays the user put in the state, as torch allows) are left for their param's
+        # next step to copy in.
+        members = [q for q in self.param_groups[index]["params"]
+                   if np.dtype(q.data.dtype) == dtype]
+        layout = _Layout(members, dtype, list(dict.fromkeys([*(old.names if old else ()),
+                                                             *names])))
+        for q in old.params if old is not None else ():
+            st = self.state.get(q)
+            if not st or id(q) not in layout.offsets:
+                continue
+            for n in old.names:
+                if n in st and _same_view(st[n], old, n, q):
+                    view = layout.view(n, q)
+                    np.copyto(view, st[n])
+                    st[n] = view
+        self._layouts[key] = layout
         return layout
 
     def _init_state(self, values: dict, p: Any, layout: _Layout, name: str) -> None:
@@ -247,16 +290,9 @@ class Optimizer:
         self.state[p][name] = view
 
     def _step_param(self, index, group, p, values, enabled, backend, per_step) -> None:
-        name = type(self).__name__
         data, grad = p.data, p.grad
-        if np.shape(grad) != np.shape(data):
-            raise OptdslError(f"{name}: gradient shape {np.shape(grad)} does not match "
-                              f"parameter shape {np.shape(data)}")
-        if grad.dtype != data.dtype:
-            raise OptdslError(f"{name}: gradient dtype {grad.dtype} does not match "
-                              f"parameter dtype {data.dtype}")
-        st = self.state.get(p)
-        t = (st["step"] if st is not None else 0) + 1
+        st = self.state[p]  # {} before the first step, filled in place as torch does
+        t = st.get("step", 0) + 1
         key = (t, data.dtype.str)
         if key not in per_step:
             path = self._spec.host["decide"](values, t)
@@ -267,9 +303,8 @@ class Optimizer:
         kernel, args = per_step[key]
         needed = [b for b in kernel.buffers if b not in ("p", "g")]
         wanted = [s.name for s in self._spec.spec.states if enabled[s.name] or s.name in needed]
-        layout = self._layout(index, data.dtype, wanted)
-        if st is None:
-            st = self.state[p] = {"step": 0}
+        layout = self._layout(index, p, wanted)
+        st.setdefault("step", 0)
         for s in wanted:
             if s not in st:
                 self._init_state(values, p, layout, s)
@@ -317,7 +352,7 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)
-                if st is None:
+                if not st:  # never stepped (or only looked at): no state, as in torch
                     continue
                 state[ids[id(p)]] = {k: (v if k == "step" else np.array(v, copy=True))
                                      for k, v in st.items()}
@@ -329,7 +364,7 @@ class Optimizer:
         name = type(self).__name__
         groups, state = _validate_layout(name, state_dict, self.param_groups)
         new_groups, new_validated = [], []
-        for i, (saved, group) in enumerate(zip(groups, self.param_groups)):
+        for i, (saved, group) in enumerate(zip(groups, self.param_groups, strict=True)):
             saved_hypers = {k: v for k, v in saved.items() if k in self._spec.hypers}
             try:
                 values = H.resolve(self._spec.hypers, saved_hypers, name,
@@ -345,7 +380,7 @@ class Optimizer:
             new_validated.append(({k: new_group[k] for k in self._spec.hypers}, values))
         params = [p for g in self.param_groups for p in g["params"]]
         saved_ids = [i for g in groups for i in g["params"]]
-        by_saved_id = dict(zip(saved_ids, params))
+        by_saved_id = dict(zip(saved_ids, params, strict=True))
         states = {s.name for s in self._spec.spec.states}
         converted: dict[Any, dict[str, Any]] = {}
         for sid, entry in state.items():
@@ -356,7 +391,7 @@ class Optimizer:
             converted[p] = _convert_entry(name, sid, entry, p, states)
         # Validation is complete: build the new layouts, then swap everything in.
         layouts: dict[tuple[int, str], _Layout] = {}
-        new_state: dict[Any, dict[str, Any]] = {}
+        new_state: dict[Any, dict[str, Any]] = defaultdict(dict)
         for gi, group in enumerate(new_groups):
             enabled = self._spec.host["state_enabled"](new_validated[gi][1])
             for p in group["params"]:
@@ -423,10 +458,14 @@ def _validate_layout(name: str, sd: Any, param_groups: list[dict]):
         raise StateDictError(f"{name}.load_state_dict: the state_dict has {len(groups)} "
                              f"param groups, the optimizer has {len(param_groups)}")
     seen: set[int] = set()
-    for i, (saved, ours) in enumerate(zip(groups, param_groups)):
+    for i, (saved, ours) in enumerate(zip(groups, param_groups, strict=True)):
         if not isinstance(saved, dict) or "params" not in saved:
             raise StateDictError(f"{name}.load_state_dict: param group {i} has no 'params'")
-        ids = list(saved["params"])
+        try:
+            ids = list(saved["params"])
+        except TypeError:
+            raise StateDictError(f"{name}.load_state_dict: param group {i}: 'params' must be "
+                                 f"a list of param ids, got {saved['params']!r}") from None
         if len(ids) != len(ours["params"]):
             raise StateDictError(f"{name}.load_state_dict: param group {i} has {len(ids)} "
                                  f"params in the state_dict but {len(ours['params'])} here")
@@ -443,17 +482,23 @@ def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str]) ->
     if not isinstance(entry, dict):
         raise StateDictError(f"{where} must be a dict")
     out: dict[str, Any] = {}
-    step = entry.get("step", 0)
+    # A None entry is a state that does not exist (older torch.optim.SGD saved
+    # momentum_buffer=None without momentum).
+    arrays = {k: v for k, v in entry.items() if k != "step" and v is not None}
+    # torch.optim.SGD keeps no 'step': a param with state but no step has stepped already,
+    # and must not take the first-step path again (which resets the momentum buffer).
+    step = entry.get("step", 1 if arrays else 0)
     try:
-        step_value = float(np.asarray(step))
+        step_array = np.asarray(step)
+        if step_array.dtype.kind not in "iuf" or step_array.ndim != 0:
+            raise TypeError
+        step_value = float(step_array)
     except (TypeError, ValueError):
         raise StateDictError(f"{where}: 'step' must be a number, got {step!r}") from None
     if not math.isfinite(step_value) or step_value < 0 or not step_value.is_integer():
         raise StateDictError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
     out["step"] = int(step_value)
-    for key, value in entry.items():
-        if key == "step":
-            continue
+    for key, value in arrays.items():
         if key not in states:
             close = difflib.get_close_matches(key, sorted(states), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
