@@ -77,7 +77,7 @@ def get_or_create(k: str, create: Callable[[], str]) -> str:
     text = create()
     _MEMORY[k] = text
     if path is not None:
-        _write_atomically(path, _header(k, text) + "\n" + text)
+        write_atomically(path, _header(k, text) + "\n" + text)
     return text
 
 
@@ -85,7 +85,7 @@ def _header(k: str, body: str) -> str:
     return f"{_HEADER}{k} sha256:{hashlib.sha256(body.encode()).hexdigest()}"
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")

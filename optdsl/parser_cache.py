@@ -18,7 +18,7 @@ from lark import Lark
 from lark.grammar import Rule
 from lark.lexer import TerminalDef
 
-from .cache import _write_atomically as write_atomically
+from .cache import write_atomically
 from .cache import cache_dir
 
 
