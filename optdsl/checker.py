@@ -16,7 +16,7 @@ Assignment rules (documented in docs/language.md):
 from __future__ import annotations
 
 import difflib
-import math
+import os
 from dataclasses import dataclass, field
 
 from . import syntax as S
@@ -25,15 +25,14 @@ from .hypers import REQUIRED, HyperInfo, coerce
 from .ir import (
     CONSTANTS,
     FUNCTIONS,
+    HOST,
     HOST_BOOL,
     HOST_FLOAT,
-    HOST,
     TENSOR_FLOAT,
     Type,
     TypeRuleError,
     join_kind,
     result_type,
-    tuple_type,
 )
 
 OPTIMIZER_BUILTINS = {"p": TENSOR_FLOAT, "g": TENSOR_FLOAT, "t": HOST_FLOAT}
@@ -73,8 +72,17 @@ class _Fail(Exception):
 
 
 def _did_you_mean(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
+    """The closest candidate (difflib's ratio >= 0.6); ties go to the one that shares more
+    of its start and end with ``name``, since typos tend to keep those: 'bta1' -> 'b1'."""
+    def score(candidate: str) -> tuple[float, int]:
+        ratio = difflib.SequenceMatcher(None, candidate, name).ratio()
+        prefix = len(os.path.commonprefix([name, candidate]))
+        suffix = len(os.path.commonprefix([name[::-1], candidate[::-1]]))
+        return round(ratio, 6), prefix + suffix
+
+    scored = [(score(c), c) for c in sorted(set(candidates))]
+    close = [(sc, c) for sc, c in scored if sc[0] >= 0.6]
+    return f"did you mean {max(close)[1]!r}?" if close else None
 
 
 # --- declarations -------------------------------------------------------------------
@@ -174,13 +182,18 @@ def _hyper_info(decl: S.HyperDecl) -> HyperInfo:
         expected_type = {"float": float, "int": float, "bool": bool, "str": str,
                          "tuple": tuple}[htype]
         if not isinstance(default, expected_type):
-            raise _Fail(decl.default.span, f"default of {decl.name!r} is not a {htype}")
+            got = {bool: "True/False", str: "a string", float: "a number", tuple: "a tuple"}
+            raise _Fail(decl.default.span, f"the default of {decl.name!r} is not of type "
+                        f"{htype!r}", f"got {got[type(default)]}")
         if htype == "int" and not float(default).is_integer():
-            raise _Fail(decl.default.span, f"default of {decl.name!r} is not a whole number")
+            raise _Fail(decl.default.span, f"the default of {decl.name!r} is not a whole number")
         try:
             coerce(info, default)
-        except HyperError as exc:
-            raise _Fail(decl.default.span, f"default out of range: {exc}") from None
+        except HyperError:
+            what = "not one of the choices" if info.choices else "out of range"
+            each = "each item " if htype == "tuple" else ""
+            raise _Fail(decl.default.span, f"the default of {decl.name!r} is {what}",
+                        f"{each}must be {info.describe_range()}") from None
         if htype == "int":
             info = HyperInfo(**{**info.__dict__, "default": int(default)})
     return info
@@ -210,6 +223,10 @@ class _Scope:
         self.hypers = hypers
         self.states = {s.name: s for s in spec.states}
         self.builtins = _builtin_names(spec)
+        # Hypers including those whose declaration failed (so their uses are not reported
+        # again), but not those that shadow a built-in: those names mean the built-in.
+        self.declared = {h.name for h in spec.hypers} - set(self.builtins) - set(FUNCTIONS) \
+            - set(CONSTANTS)
         self.allowed = allowed  # restricts the names an expression may use
         self.env: dict[str, _Binding] = {}
         self.facts: frozenset = frozenset()
@@ -226,8 +243,8 @@ class _Scope:
         if self.allowed is not None and name not in self.allowed and (
                 name in self.builtins or name in self.states or name in self.env):
             raise _Fail(node.span, f"{name!r} cannot be used here",
-                        "only hypers, constants" + (" and p" if "p" in self.allowed else "")
-                        + " are allowed")
+                        "only hypers, constants and p are allowed" if "p" in self.allowed
+                        else "only hypers and constants are allowed")
         if name in self.env:
             b = self.env[name]
             if not b.definite:
@@ -248,6 +265,8 @@ class _Scope:
             return self.hypers[name].ir_type
         if name in CONSTANTS:
             return HOST_FLOAT
+        if name in self.declared:
+            return None  # a hyper whose declaration failed: reported there already
         if name in FUNCTIONS:
             raise _Fail(node.span, f"{name!r} is a function", f"call it: {name}(...)")
         hint = _did_you_mean(name, self.visible())
@@ -264,13 +283,9 @@ class _Scope:
         if isinstance(e, S.Name):
             return self.lookup(e)
         if isinstance(e, S.Tuple):
-            types = [self.type_of(i) for i in e.items]
-            if any(t is None for t in types):
-                return None
-            if not all(t == HOST_FLOAT for t in types):
-                raise _Fail(e.span, "a tuple holds host numbers only",
-                            "assign the items one by one")
-            return tuple_type(len(types))
+            # Tuple literals exist only on the right of an unpacking (see _check_assign).
+            raise _Fail(e.span, "a tuple can only be unpacked",
+                        "assign it to several names, e.g. 'a, b = (x, y)'")
         if isinstance(e, S.Index):
             t = self.type_of(e.value)
             if t is None:
@@ -288,7 +303,7 @@ class _Scope:
             return self._apply(e, e.op, (e.left, e.right))
         if isinstance(e, S.Compare):
             kinds = []
-            for op, a, b in zip(e.ops, e.operands, e.operands[1:]):
+            for op, a, b in zip(e.ops, e.operands, e.operands[1:], strict=False):
                 t = self._apply(e, op, (a, b))
                 if t is None:
                     return None
@@ -299,10 +314,10 @@ class _Scope:
             a, b = self.type_of(e.body), self.type_of(e.orelse)
             if None in (test, a, b):
                 return None
-            if a.elem != b.elem or a.n != b.n:
-                raise _Fail(e.span, "both sides of 'a if c else b' must be of one kind",
+            if a.elem != "float" or b.elem != "float":
+                raise _Fail(e.span, "'a if c else b' chooses between numbers",
                             f"got {_describe(a)} and {_describe(b)}")
-            return Type(join_kind(a, b), a.elem, a.n)
+            return Type(join_kind(a, b), "float")
         raise _Fail(e.span, "unsupported expression")  # pragma: no cover
 
     def _apply(self, node: S.Expr, op: str, operands) -> Type | None:
@@ -312,7 +327,7 @@ class _Scope:
         try:
             return result_type(op, types)
         except TypeRuleError as exc:
-            raise _Fail(node.span, exc.message, exc.hint) from None
+            raise _Fail(node.span, _user_op_names(exc.message, op), exc.hint) from None
 
     def _call(self, e: S.Call) -> Type | None:
         if e.func not in FUNCTIONS:
@@ -341,7 +356,7 @@ class _Scope:
                 for t in types:
                     result_type(e.func, (t, HOST_FLOAT))
             except TypeRuleError as exc:
-                raise _Fail(e.span, exc.message, exc.hint) from None
+                raise _Fail(e.span, _user_op_names(exc.message, e.func), exc.hint) from None
             return Type(join_kind(*types), "float")
         if e.func == "where":
             return self._apply(e, "where", e.args)
@@ -357,13 +372,29 @@ class _Scope:
                         "an 'if' picks one kernel per step; use where(cond, a, b) "
                         "for an elementwise choice")
         if t.elem not in ("bool", "float"):
-            raise _Fail(e.span, f"{what} must be a boolean or a number, got {_describe(t)}")
+            shown = e.id if isinstance(e, S.Name) else "value"
+            hint = f"compare it, e.g. '{shown} == \"...\"'" if t.elem == "str" else None
+            raise _Fail(e.span, f"{what} must be a boolean or a number, got {_describe(t)}",
+                        hint)
         return HOST_BOOL
+
+
+# IR op names as the user writes them, for messages from ir.result_type.
+_OP_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "neg": "-",
+               "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+def _user_op_names(message: str, op: str) -> str:
+    """``'mul' needs numbers`` -> ``'*' needs numbers``; ``'sqrt'`` -> ``'sqrt()'``."""
+    shown = _OP_SYMBOLS.get(op) or (f"{op}()" if op in FUNCTIONS else op)
+    return message.replace(f"'{op}'", f"'{shown}'", 1)
 
 
 def _describe(t: Type) -> str:
     if t.elem == "tuple":
         return f"a tuple of {t.n}"
+    if t.elem == "str":
+        return "a string"
     return f"{'an elementwise' if t.is_tensor else 'a host'} {t.elem}"
 
 
@@ -372,7 +403,8 @@ def _show(expr: S.Expr) -> str:
     if isinstance(expr, S.Name):
         return expr.id
     if isinstance(expr, S.Num):
-        return repr(expr.value)
+        value = expr.value
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
     if isinstance(expr, S.Bool):
         return repr(expr.value)
     if isinstance(expr, S.Unary) and expr.op == "not":
@@ -382,7 +414,7 @@ def _show(expr: S.Expr) -> str:
     if isinstance(expr, S.Compare):
         signs = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
         out = _show(expr.operands[0])
-        for op, o in zip(expr.ops, expr.operands[1:]):
+        for op, o in zip(expr.ops, expr.operands[1:], strict=False):
             out += f" {signs[op]} {_show(o)}"
         return out
     return "its condition"
@@ -424,10 +456,9 @@ def check_requires(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnosti
 def check_update(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
     """Names, types and assignment rules of the update block, statement by statement."""
     diags: list[Diagnostic] = []
+    if spec.kind != "optimizer":
+        return diags  # check_declarations reported the kind; other built-ins are unknown
     scope = _Scope(spec, hypers)
-    if spec.kind == "optimizer" and not spec.body:
-        diags.append(Diagnostic(spec.source, spec.name_span,
-                                f"optimizer {spec.name!r} has no 'update:' block"))
     _check_block(spec.body, scope, diags)
     return diags
 
@@ -453,7 +484,8 @@ def _check_assign(stmt: S.Assign, scope: _Scope) -> None:
     if len(targets) > 1:
         if isinstance(stmt.value, S.Tuple):
             if len(stmt.value.items) != len(targets):
-                raise _Fail(stmt.span, f"cannot unpack {len(stmt.value.items)} values into "
+                n = len(stmt.value.items)
+                raise _Fail(stmt.span, f"cannot unpack {n} value{'s' if n != 1 else ''} into "
                             f"{len(targets)} names")
             types = [scope.type_of(i) for i in stmt.value.items]
         else:
@@ -471,7 +503,7 @@ def _check_assign(stmt: S.Assign, scope: _Scope) -> None:
                 types = [HOST_FLOAT] * t.n
     else:
         types = [scope.type_of(stmt.value)]
-    for name, span, t in zip(targets, spans, types):
+    for name, span, t in zip(targets, spans, types, strict=False):
         _check_target(name, span, t, scope)
         if name in scope.states or name in scope.builtins:
             continue
@@ -482,7 +514,7 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
     if name == "t" and "t" in scope.builtins:
         raise _Fail(span, "cannot assign to 't'", "t is the step count kept by the runtime; "
                     "use a new local name")
-    if name in scope.hypers:
+    if name in scope.declared:
         raise _Fail(span, f"cannot assign to hyper {name!r}",
                     f"hypers are read-only in an update; use a local, e.g. '{name}_t = ...'")
     if name in FUNCTIONS or name in CONSTANTS:
@@ -496,7 +528,9 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
         return
     if name in scope.states or name in scope.builtins:
         if t.elem != "float":
-            raise _Fail(span, f"{name!r} must hold numbers, not {_describe(t)}")
+            raise _Fail(span, f"{name!r} must hold numbers, not {_describe(t)}",
+                        "turn a condition into numbers with where(cond, a, b)"
+                        if t.elem == "bool" else None)
         if not t.is_tensor:
             raise _Fail(span, f"{name!r} is elementwise but this value is a host scalar",
                         f"write an expression of p, g or a state, e.g. '{name} = "
@@ -507,7 +541,7 @@ def _check_if(stmt: S.If, scope: _Scope, diags: list[Diagnostic]) -> None:
     before_env, before_facts = scope.env, scope.facts
     outcomes: list[dict[str, _Binding]] = []
     conds = [cond for cond, _ in stmt.branches]
-    for i, (cond, body) in enumerate(stmt.branches):
+    for cond, body in stmt.branches:
         scope.env, scope.facts = before_env, before_facts
         try:
             scope.condition(cond, "an 'if' condition")

@@ -1,0 +1,283 @@
+"""A ``.opt`` file, a hyper value or a string cannot inject code into what optdsl generates.
+
+DESIGN.md: generated source "never contains user text other than validated identifiers and
+re-rendered numbers". Strings travel as tuples of code points (``_text((109, ...))``) and
+identifiers are re-checked and prefixed (``v_lr``), so these tests look for user text in
+every generated source, and parse every generated source to check what its string
+literals and comments are.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import keyword
+import re
+import tokenize
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import optdsl
+from optdsl._resources import data_dir
+from optdsl.api import make_class
+from optdsl.backends import get as get_backend
+from optdsl.compiler import load_spec
+from optdsl.optim import STDLIB, load
+
+NUMPY = get_backend("numpy")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def all_sources(spec) -> list[str]:
+    """The host module and the NumPy kernel of every path of a compiled spec."""
+    return [spec.host_source] + [spec.kernel(NUMPY, path).source for path in spec.paths()]
+
+
+def step_once(cls, **hypers) -> np.ndarray:
+    w = optdsl.Param(np.linspace(-1, 1, 7).astype(np.float32), name="w")
+    w.grad = np.full(7, 0.5, np.float32)
+    opt = cls([w], **hypers)
+    opt.step()
+    opt.step()
+    return w.data
+
+
+@pytest.fixture(autouse=True)
+def no_disk_cache(monkeypatch):
+    monkeypatch.setenv("OPTDSL_CACHE_DIR", "off")
+
+
+# --- names ----------------------------------------------------------------------------
+
+def test_import_call_is_rejected():
+    text = 'optimizer Evil\nupdate:\n    p = p - __import__("os") * g\n'
+    with pytest.raises(optdsl.CheckError) as info:
+        load_spec(text, "evil.opt")
+    assert info.value.message == "unknown function '__import__'"
+
+
+def test_attribute_chain_is_rejected_by_the_parser():
+    text = 'optimizer Evil\nupdate:\n    x = __import__("os").system("true")\n    p = g\n'
+    with pytest.raises(optdsl.ParseError) as info:
+        load_spec(text, "evil.opt")
+    assert info.value.message == "unexpected character '.'"
+
+
+@pytest.mark.parametrize("name", ["__class__", "__builtins__", "__import__", "exec", "eval",
+                                  "open", "globals", "getattr", "compile", "os", "sys"])
+def test_python_names_are_unknown(name):
+    read = f"optimizer Evil\nupdate:\n    p = p - {name} * g\n"
+    with pytest.raises(optdsl.CheckError) as info:
+        load_spec(read, "evil.opt")
+    assert info.value.message == f"unknown name {name!r}"
+    call = f"optimizer Evil\nupdate:\n    p = p - {name}(g)\n"
+    with pytest.raises(optdsl.CheckError) as info:
+        load_spec(call, "evil.opt")
+    assert info.value.message == f"unknown function {name!r}"
+    default = f"optimizer Evil\nhyper lr = {name}\nupdate:\n    p = p - lr * g\n"
+    with pytest.raises(optdsl.CheckError) as info:
+        load_spec(default, "evil.opt")
+    assert info.value.message.startswith("a default must be a literal")
+
+
+def test_user_names_cannot_capture_generated_names():
+    """Hypers, states and locals named like the generated code's own variables are
+    prefixed, so the spec computes exactly what the same spec with plain names does."""
+    tricky = """optimizer Tricky
+hyper h = 0.1
+hyper _t = 2.0
+hyper __builtins__ = 0.5
+state f0 = 0
+state b_p = 1
+
+update:
+    exec = h * _t
+    _np = g * __builtins__
+    args = exec * _np
+    f0 = f0 + args
+    b_p = b_p * 0.5
+    kernel = f0 + b_p
+    p = p - kernel
+"""
+    plain = tricky
+    for old, new in [("__builtins__", "half"), ("_np", "gs"), ("_t", "two"), ("exec", "step"),
+                     ("args", "delta"), ("kernel", "move"), ("b_p", "decay"), ("f0", "acc"),
+                     ("h ", "lr "), ("h\n", "lr\n"), ("h*", "lr*")]:
+        plain = plain.replace(old, new)
+    assert "exec" not in plain and "hyper lr = 0.1" in plain
+    got = step_once(make_class(load_spec(tricky, "tricky.opt")))
+    want = step_once(make_class(load_spec(plain, "plain.opt")))
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, np.linspace(-1, 1, 7).astype(np.float32))
+
+
+# --- strings --------------------------------------------------------------------------
+
+PAYLOAD = "x'); import os; os.system('touch {marker}') #"
+DOUBLE_PAYLOAD = 'y"); import os; os.system("touch {marker}") #'
+
+
+def evil_spec(marker: Path) -> str:
+    a = PAYLOAD.format(marker=marker)
+    b = DOUBLE_PAYLOAD.format(marker=marker).replace('"', '\\"')
+    return f'''optimizer Modal
+"""A docstring with code: \'\'\'); import os; os.system('touch {marker}') #"""
+
+hyper lr = 0.1
+hyper mode = "{a}" in {{"{a}", "{b}", "safe"}}
+hyper tag = "plain"
+
+require mode != "{b}" or lr > 0, "\\"); os.system('touch {marker}') #"
+
+update:
+    if mode == "{a}":
+        p = p - lr * g
+    elif mode == "{b}":
+        p = p + lr * g
+    elif tag == "{a}":
+        p = p - 2 * lr * g
+    else:
+        p = p * 0.5
+'''
+
+
+def assert_inert(sources: list[str], marker: Path, *texts: str) -> None:
+    for source in sources:
+        for text in texts:
+            assert text not in source
+        assert str(marker) not in source
+        assert "system" not in source and "import os" not in source
+    assert not marker.exists()
+
+
+def test_string_hypers_and_literals_never_reach_generated_code(tmp_path):
+    marker = tmp_path / "pwned"
+    text = evil_spec(marker)
+    spec = load_spec(text, "modal.opt")
+    a = PAYLOAD.format(marker=marker)
+    b = DOUBLE_PAYLOAD.format(marker=marker)
+    assert spec.hypers["mode"].default == a and b in spec.hypers["mode"].choices
+    assert_inert(all_sources(spec), marker, a, b, a[:12], b[:12], "touch")
+
+    Modal = make_class(spec)
+    assert_inert([Modal.source("numpy"), Modal.source("numpy", mode=b),
+                  Modal.source("numpy", mode="safe", tag=a)], marker, a, b, "touch")
+    # The strings still mean what they say: each selects its own branch.
+    before = np.linspace(-1, 1, 7).astype(np.float32)
+    np.testing.assert_allclose(step_once(Modal), before - 2 * 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(step_once(Modal, mode=b), before + 2 * 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(step_once(Modal, mode="safe", tag=a),
+                               before - 4 * 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(step_once(Modal, mode="safe"), before * 0.25)
+    assert not marker.exists()
+
+
+def test_malicious_constructor_value_is_inert(tmp_path):
+    marker = tmp_path / "pwned"
+    spec = load_spec(evil_spec(marker), "modal.opt")
+    Modal = make_class(spec)
+    evil = f"'); __import__('os').system('touch {marker}'); ('"
+    data = step_once(Modal, mode="safe", tag=evil)
+    np.testing.assert_allclose(data, np.linspace(-1, 1, 7).astype(np.float32) * 0.25)
+    assert_inert([Modal.source("numpy", mode="safe", tag=evil)], marker, evil, "touch")
+    with pytest.raises(optdsl.HyperError, match="invalid mode"):
+        Modal([optdsl.Param(np.zeros(2, np.float32))], mode=evil)
+    assert not marker.exists()
+
+
+def test_string_with_escapes_and_unicode_round_trips(tmp_path):
+    value = 'tab\\t quote\\" backslash\\\\ é 𝔭 \\u2028 end'
+    text = (f'optimizer Esc\nhyper mode = "{value}"\nupdate:\n'
+            f'    if mode == "{value}":\n        p = p - g\n')
+    spec = load_spec(text, "esc.opt")
+    decoded = spec.hypers["mode"].default
+    assert decoded == 'tab\t quote" backslash\\ é 𝔭 \u2028 end'
+    for source in all_sources(spec):
+        assert "é" not in source and "𝔭" not in source and "quote" not in source
+        assert source.isascii()
+    np.testing.assert_allclose(step_once(make_class(spec)), np.linspace(-1, 1, 7) - 1.0,
+                               rtol=1e-6)
+
+
+# --- what generated code is made of ---------------------------------------------------
+
+def _template_comment_patterns() -> list[re.Pattern]:
+    """The comment lines of the NumPy template, with its placeholders as patterns."""
+    holes = {"{{ version }}": r"[\w.+]+", "{{ kind }}": "(optimizer|schedule)",
+             "{{ name }}": r"[A-Za-z_]\w*", "{{ path }}": r"\[[\d, ]*\]"}
+    patterns = [re.compile(r"# line \d+")]
+    for line in (data_dir("codegen") / "numpy.py.j2").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            pattern = re.escape(line)
+            for hole, sub in holes.items():
+                pattern = pattern.replace(re.escape(hole), sub)
+            patterns.append(re.compile(pattern))
+    return patterns
+
+
+COMMENTS = _template_comment_patterns()
+PROBE = "optimizer Probe\nhyper lr = 0.1\nupdate:\n    p = p - lr * g\n"
+
+
+def _docstrings(tree: ast.AST) -> list[ast.Constant]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
+                    isinstance(first.value.value, str):
+                found.append(first.value)
+    return found
+
+
+def _fixed_docstrings() -> set[str]:
+    spec = load_spec(PROBE, "probe.opt")
+    return {d.value for s in all_sources(spec) for d in _docstrings(ast.parse(s))}
+
+
+FIXED_DOCSTRINGS = _fixed_docstrings()
+STDLIB_SPECS = {name: load(name)._spec for name in STDLIB}
+EVIL = load_spec(evil_spec(Path("/nonexistent/pwned")), "modal.opt")
+
+
+def check_generated(source: str) -> None:
+    tree = ast.parse(source)
+    docstrings = _docstrings(tree)
+    assert {d.value for d in docstrings} <= FIXED_DOCSTRINGS
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                not any(node is d for d in docstrings):
+            assert IDENTIFIER.match(node.value) and not keyword.iskeyword(node.value), \
+                f"string literal {node.value!r} in generated code"
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names]
+            assert names in (["numpy"], ["ops"]), names
+        if isinstance(node, ast.Attribute):
+            assert not node.attr.startswith("__"), node.attr
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        assert tok.type != tokenize.ERRORTOKEN, tok
+        if tok.type == tokenize.COMMENT:
+            assert any(p.fullmatch(tok.string) for p in COMMENTS), tok.string
+    assert source.isascii()
+
+
+@pytest.mark.parametrize("name", sorted(STDLIB_SPECS) + ["evil"])
+def test_generated_sources_hold_only_identifiers_numbers_and_template_text(name):
+    spec = EVIL if name == "evil" else STDLIB_SPECS[name]
+    sources = all_sources(spec)
+    assert len(sources) >= 2
+    for source in sources:
+        check_generated(source)
+
+
+def test_the_checks_above_would_catch_a_leak():
+    """The source checker is not vacuous: a literal or comment with user text fails it."""
+    with pytest.raises(AssertionError, match="string literal"):
+        check_generated("x = h['lr']\ny = 'os.system'\n")
+    with pytest.raises(AssertionError):
+        check_generated("x = 1  # touch /tmp/pwned\n")
+    with pytest.raises(AssertionError):
+        check_generated("import os\n")
