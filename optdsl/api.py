@@ -12,8 +12,9 @@ from .runtime import Optimizer
 _CLASSES: dict[tuple[str, str], type[Optimizer]] = {}
 
 
-def compile(path_or_source: str | Path, *, module: str | None = None) -> type[Optimizer]:
-    """Compile a ``.opt`` file (a path, or the spec text itself) into an optimizer class.
+def compile(path_or_source: str | Path, *, module: str | None = None) -> type:
+    """Compile a ``.opt`` file (a path, or the spec text itself) into an optimizer class
+    (or, for a ``schedule`` file, a schedule class).
 
     The class is cached: compiling the same text again costs a dictionary lookup.
     Raises :class:`optdsl.ParseError` or :class:`optdsl.CheckError` with the file, line,
@@ -26,23 +27,32 @@ def compile(path_or_source: str | Path, *, module: str | None = None) -> type[Op
     return _CLASSES[key]
 
 
-def make_class(spec: CompiledSpec, module: str | None = None) -> type[Optimizer]:
+def make_class(spec: CompiledSpec, module: str | None = None) -> type:
+    """The optimizer (or schedule) class for a compiled spec."""
     attrs: dict[str, Any] = {"_spec": spec, "__doc__": _docstring(spec),
                              "__module__": module or "optdsl.generated"}
+    if spec.kind == "schedule":
+        from .schedules import Schedule
+
+        return type(spec.name, (Schedule,), attrs)
     return type(spec.name, (Optimizer,), attrs)
 
 
 def _docstring(spec: CompiledSpec) -> str:
-    lines = [spec.spec.doc or f"The {spec.name} optimizer.", "", "Hyperparameters:"]
+    lines = [spec.spec.doc or f"The {spec.name} {spec.kind}.", "", "Hyperparameters:"]
     lines += [f"    {info.describe()}" for info in spec.hypers.values()]
     if spec.spec.states:
-        lines += ["", "State (per parameter):"]
+        per = "per parameter" if spec.kind == "optimizer" else "per param group"
+        lines += ["", f"State ({per}):"]
         for s in spec.spec.states:
             lines.append(f"    {s.name}" + (" (conditional)" if s.cond is not None else ""))
     for req in spec.spec.requires:
         lines.append(f"Requires: {req.message}")
-    lines += ["", f"Compiled by optdsl from {spec.filename}; see .source('numpy') for the "
-                  "kernel."]
+    if spec.kind == "optimizer":
+        lines += ["", f"Compiled by optdsl from {spec.filename}; see .source('numpy') for "
+                      "the kernel."]
+    else:
+        lines += ["", f"Compiled by optdsl from {spec.filename}."]
     return "\n".join(lines)
 
 

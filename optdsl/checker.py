@@ -36,6 +36,11 @@ from .ir import (
 )
 
 OPTIMIZER_BUILTINS = {"p": TENSOR_FLOAT, "g": TENSOR_FLOAT, "t": HOST_FLOAT}
+# A schedule runs on the host: the epoch, the group's base lr, the metric given to
+# step(metric), and the group values it may read and assign.
+SCHEDULE_BUILTINS = {"epoch": HOST_FLOAT, "base_lr": HOST_FLOAT, "metric": HOST_FLOAT,
+                     "lr": HOST_FLOAT}
+SCHEDULE_GROUP_VALUES = ("lr",)
 HYPER_TYPES = ("float", "int", "bool", "str", "tuple")
 
 
@@ -88,7 +93,7 @@ def _did_you_mean(name: str, candidates) -> str | None:
 # --- declarations -------------------------------------------------------------------
 
 def _builtin_names(spec: S.Spec) -> dict[str, Type]:
-    return dict(OPTIMIZER_BUILTINS) if spec.kind == "optimizer" else {}
+    return dict(OPTIMIZER_BUILTINS if spec.kind == "optimizer" else SCHEDULE_BUILTINS)
 
 
 def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperInfo]]:
@@ -99,9 +104,6 @@ def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperI
     def fail(span, message, hint=None):
         diags.append(Diagnostic(src, span, message, hint))
 
-    if spec.kind != "optimizer":
-        fail(spec.name_span, f"'{spec.kind}' specs are not supported by this version",
-             "only 'optimizer' files compile to optimizer classes")
     seen: dict[str, int] = {}
     reserved = set(_builtin_names(spec)) | set(FUNCTIONS) | set(CONSTANTS)
     hypers: dict[str, HyperInfo] = {}
@@ -258,7 +260,7 @@ class _Scope:
                 raise _Fail(node.span, f"state {name!r} exists only if "
                             f"{_show(decl.cond)}",
                             f"use it inside 'if {_show(decl.cond)}:'")
-            return TENSOR_FLOAT
+            return TENSOR_FLOAT if self.spec.kind == "optimizer" else HOST_FLOAT
         if name in self.builtins:
             return self.builtins[name]
         if name in self.hypers:
@@ -269,6 +271,10 @@ class _Scope:
             return None  # a hyper whose declaration failed: reported there already
         if name in FUNCTIONS:
             raise _Fail(node.span, f"{name!r} is a function", f"call it: {name}(...)")
+        if self.spec.kind == "schedule" and name in OPTIMIZER_BUILTINS:
+            raise _Fail(node.span, f"{name!r} is not available in a schedule",
+                        "a schedule runs on the host once per step and sees epoch, "
+                        "base_lr, metric and the group's lr")
         hint = _did_you_mean(name, self.visible())
         raise _Fail(node.span, f"unknown name {name!r}", hint)
 
@@ -425,13 +431,18 @@ def _show(expr: S.Expr) -> str:
 def check_states(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
     """A state's init is a number, a hyper or an expression of p; its condition is host."""
     diags = []
+    schedule = spec.kind == "schedule"
     for decl in spec.states:
-        scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS) | {"p"})
+        allowed = set(hypers) | set(CONSTANTS) | (set() if schedule else {"p"})
+        scope = _Scope(spec, hypers, allowed=allowed)
         try:
             t = scope.type_of(decl.init)
             if t is not None and t.elem != "float":
                 raise _Fail(decl.init.span, f"state {decl.name!r} must start as a number",
                             f"got {_describe(t)}")
+            if schedule and decl.cond is not None:
+                raise _Fail(decl.cond.span, "a schedule's state cannot be conditional",
+                            "give it a value in every case instead")
             if decl.cond is not None:
                 cond_scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS))
                 cond_scope.condition(decl.cond, "a state's condition")
@@ -456,8 +467,6 @@ def check_requires(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnosti
 def check_update(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
     """Names, types and assignment rules of the update block, statement by statement."""
     diags: list[Diagnostic] = []
-    if spec.kind != "optimizer":
-        return diags  # check_declarations reported the kind; other built-ins are unknown
     scope = _Scope(spec, hypers)
     _check_block(spec.body, scope, diags)
     return diags
@@ -514,6 +523,10 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
     if name == "t" and "t" in scope.builtins:
         raise _Fail(span, "cannot assign to 't'", "t is the step count kept by the runtime; "
                     "use a new local name")
+    if scope.spec.kind == "schedule" and name in scope.builtins \
+            and name not in SCHEDULE_GROUP_VALUES:
+        raise _Fail(span, f"cannot assign to {name!r}", f"{name} is given by the runtime; "
+                    "use a new local name")
     if name in scope.declared:
         raise _Fail(span, f"cannot assign to hyper {name!r}",
                     f"hypers are read-only in an update; use a local, e.g. '{name}_t = ...'")
@@ -525,6 +538,10 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
             raise _Fail(span, f"state {name!r} exists only if {_show(decl.cond)}",
                         f"assign it inside 'if {_show(decl.cond)}:'")
     if t is None:
+        return
+    if scope.spec.kind == "schedule" and (name in scope.states or name in scope.builtins):
+        if t.elem != "float":
+            raise _Fail(span, f"{name!r} must hold a number, not {_describe(t)}")
         return
     if name in scope.states or name in scope.builtins:
         if t.elem != "float":

@@ -56,7 +56,12 @@ class CompiledSpec:
 
     def __post_init__(self):
         self.spec_hash = hashlib.sha256(self.text.encode()).hexdigest()
-        self.host_source = render_host_module(self.checked)
+        if self.kind == "schedule":
+            from .schedcode import render_schedule_module
+
+            self.host_source = render_schedule_module(self.checked)
+        else:
+            self.host_source = render_host_module(self.checked)
         self.host = _exec_host(self.host_source, self.name)
 
     @property
@@ -108,6 +113,16 @@ def _exec_host(source: str, name: str) -> dict[str, Any]:
         "_INF": float("inf"), "_NAN": float("nan"),
     }
     exec(compile(source, f"<optdsl {name} host>", "exec"), namespace)  # noqa: S102
+    return quiet_functions(namespace)
+
+
+def quiet_functions(namespace: dict[str, Any]) -> dict[str, Any]:
+    """Wrap the generated functions in a namespace with :func:`optdsl.ops.quiet`."""
+    from .ops import quiet
+
+    for key, value in list(namespace.items()):
+        if callable(value) and getattr(value, "__module__", None) == namespace["__name__"]:
+            namespace[key] = quiet(value)
     return namespace
 
 

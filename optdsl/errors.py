@@ -29,8 +29,10 @@ class SourceFile:
     text: str
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        # Only "\n" ends a line, as for the parser (str.splitlines also splits at \f,
+        # \u2028 and lone \r, which would show the wrong line).
+        lines = self.text.split("\n")
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
 
 
 @dataclass(frozen=True)

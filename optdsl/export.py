@@ -22,6 +22,7 @@ from .backends import Backend, Kernel
 from .compiler import CompiledSpec
 from .errors import OptdslError
 from .hypers import HyperInfo
+from .ops import quiet
 from .render import constant, hex_string, ident, number, quoted_ident
 
 MAX_PATHS = 256
@@ -112,6 +113,7 @@ class ExportedSpec:
         if key not in self.kernels:
             factory = self.factories[path]
             host_args, run, buffers, outputs, scratch = factory()
+            host_args = quiet(host_args)
             try:
                 source = inspect.getsource(factory)
             except (OSError, TypeError):  # a module without a file on disk
@@ -133,6 +135,9 @@ def hyper(name: str, type_: str, default: Any, n: int, lo: float | None, hi: flo
 def build_class(name: str, kind: str, namespace: dict[str, Any]):
     """Called by a generated module: its optimizer class, from the module's globals."""
     from .api import make_class
+    from .compiler import quiet_functions
+
+    quiet_functions(namespace)
 
     hypers = {h.name: h for h in namespace["HYPERS"]}
     conditional = set(namespace["CONDITIONAL_STATES"])

@@ -156,13 +156,22 @@ def _render_decide_block(stmts, r: _AstRenderer, tensors: set[str], out: list[st
     """Host statements and ifs only: elementwise values cannot influence a decision."""
     for stmt in stmts:
         if isinstance(stmt, S.Assign):
-            is_tensor = _mentions(stmt.value, tensors)
-            if is_tensor:
-                tensors.update(stmt.targets)
-                continue
-            tensors.difference_update(stmt.targets)
-            targets = ", ".join(ident(t) for t in stmt.targets)
-            out.append(f"{indent}{targets} = {r.expr(stmt.value)}  # line {stmt.span.line}")
+            if len(stmt.targets) > 1 and isinstance(stmt.value, S.Tuple):
+                pairs = list(zip(stmt.targets, stmt.value.items, strict=True))
+            else:
+                pairs = [(", ".join(stmt.targets), stmt.value)]
+            # Items are judged one by one: in `a, b = g, lr` only b is a host value.
+            host = [(t, v) for t, v in pairs if not _mentions(v, tensors)]
+            for target, value in pairs:
+                names = target.split(", ")
+                if (target, value) in host:
+                    tensors.difference_update(names)
+                else:
+                    tensors.update(names)
+            if host:
+                targets = ", ".join(", ".join(ident(n) for n in t.split(", ")) for t, _ in host)
+                values = ", ".join(r.expr(v) for _, v in host)
+                out.append(f"{indent}{targets} = {values}  # line {stmt.span.line}")
             continue
         n = len(stmt.branches)
         before = set(tensors)

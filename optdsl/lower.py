@@ -12,7 +12,7 @@ from itertools import count
 
 from . import syntax as S
 from .checker import CheckedSpec
-from .errors import InternalCompilerError
+from .errors import InternalCompilerError, OptdslError
 from .ir import (
     CONSTANTS,
     HOST_BOOL,
@@ -43,7 +43,9 @@ def paths(spec: S.Spec, limit: int = 4096) -> list[Path]:
                 for i, body in enumerate(bodies):
                     nxt += walk(body, [p + (i,)])
             if len(nxt) > limit:
-                raise InternalCompilerError(f"more than {limit} specialisations")
+                raise OptdslError(f"{spec.name} has more than {limit} combinations of host "
+                                  "if outcomes to enumerate; kernels are still compiled "
+                                  "one by one as steps need them")
             out = nxt
         return out
 
@@ -113,7 +115,17 @@ def _lower_block(stmts, env: dict[str, Var], decisions: list[int], b: _Builder) 
         else:
             values = [_lower_expr(stmt.value, env, b)]
         for name, value in zip(stmt.targets, values):
+            if not value.type.is_tensor and name in _buffer_names(b.checked.spec):
+                # The checker types a name by joining every path to it, so a value that is
+                # elementwise on some path can be a host scalar on this one. p, g and the
+                # states are elementwise on every path: fill them with the scalar here, so
+                # what follows computes in the buffers' dtype and every output is a tensor.
+                value = b.emit("copy", (value,), None, stmt.span, name, TENSOR_FLOAT)
             env[name] = value
+
+
+def _buffer_names(spec: S.Spec) -> set[str]:
+    return {"p", "g"} | {s.name for s in spec.states}
 
 
 def _truth(var: Var, b: _Builder, span) -> Var:

@@ -52,3 +52,16 @@ def apply(op: str, *args):
         return (args[0] == args[1]) == (op == "eq")
     with np.errstate(all="ignore"):
         return FUNCS[op](*args)
+
+
+def quiet(fn):
+    """``fn`` with NumPy's floating-point warnings off: host code and kernels produce inf
+    and nan as the device would, without warnings (or exceptions under ``-W error``)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -17,7 +17,7 @@ from .._resources import data_dir
 from ..errors import InternalCompilerError
 from ..hostcode import render_host_args
 from ..ir import Program
-from ..ops import UFUNC
+from ..ops import UFUNC, quiet
 from ..render import ident, number, quoted_ident
 from . import Backend, Kernel, register
 
@@ -117,7 +117,7 @@ class NumpyBackend(Backend):
         namespace: dict[str, Any] = {"__name__": f"optdsl.generated.{name}"}
         exec(compile(source, f"<optdsl {name}>", "exec"), namespace)  # noqa: S102
         run = namespace["kernel"]
-        return Kernel(source, namespace["host_args"], run, namespace["BUFFERS"],
+        return Kernel(source, quiet(namespace["host_args"]), run, namespace["BUFFERS"],
                       namespace["OUTPUTS"], namespace["SCRATCH"])
 
 

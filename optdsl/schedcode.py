@@ -1,0 +1,82 @@
+"""Generated host code for a schedule: one Python function per spec, run once per
+``sched.step()`` for each param group. Everything in a schedule is a host scalar, so the
+whole update block renders as straight Python (``if``/``elif``/``else`` included) over
+``numpy.float64``, with the op table of :mod:`optdsl.ops`.
+"""
+
+from __future__ import annotations
+
+from . import syntax as S
+from .checker import SCHEDULE_BUILTINS, SCHEDULE_GROUP_VALUES, CheckedSpec
+from .hostcode import _AstRenderer, _hyper_prologue, _names_in
+from .render import ident, quoted_ident
+
+
+def render_schedule_module(checked: CheckedSpec) -> str:
+    spec = checked.spec
+    r = _AstRenderer(checked)
+    used = _names_in(spec.body)
+    written = _assigned(spec.body)
+    groups = [n for n in SCHEDULE_GROUP_VALUES if n in used or n in written]
+    builtins = [n for n in SCHEDULE_BUILTINS if n in used]
+    out = ["USED_BUILTINS = (" + "".join(f"{quoted_ident(n)}, " for n in builtins) + ")",
+           "", "",
+           "def schedule_step(h, epoch, base_lr, metric, group, state):",
+           '    """New group values and schedule state for one step of one group."""']
+    out += _hyper_prologue(checked, "    ", spec.body)
+    for name in SCHEDULE_BUILTINS:
+        if name in used and name not in SCHEDULE_GROUP_VALUES:
+            out.append(f"    {ident(name)} = _f({name})")
+    for name in groups:
+        out.append(f"    {ident(name)} = _f(group[{quoted_ident(name)}])")
+    for s in spec.states:
+        out.append(f"    {ident(s.name)} = state[{quoted_ident(s.name)}]")
+    _render_block(spec.body, r, out, "    ")
+    ret_groups = ", ".join(f"{quoted_ident(n)}: {ident(n)}" for n in groups if n in written)
+    ret_state = ", ".join(f"{quoted_ident(s.name)}: {ident(s.name)}" for s in spec.states)
+    out.append(f"    return {{{ret_groups}}}, {{{ret_state}}}")
+    out.append("")
+    out.append("def schedule_init(h):")
+    out.append('    """The schedule state of one group before its first step."""')
+    out += _hyper_prologue(checked, "    ", [s.init for s in spec.states])
+    items = ", ".join(f"{quoted_ident(s.name)}: _f({r.expr(s.init)})" for s in spec.states)
+    out.append(f"    return {{{items}}}")
+    out.append("")
+    out.append("def requires(h):")
+    out.append('    """Index of the first failing require line, or -1."""')
+    out += _hyper_prologue(checked, "    ", [q.cond for q in spec.requires])
+    for k, req in enumerate(spec.requires):
+        out.append(f"    if not _truth({r.expr(req.cond)}):  # line {req.span.line}")
+        out.append(f"        return {k}")
+    out.append("    return -1")
+    out.append("")
+    return "\n".join(out)
+
+
+def _assigned(stmts) -> set[str]:
+    names: set[str] = set()
+    for stmt in stmts:
+        if isinstance(stmt, S.Assign):
+            names.update(stmt.targets)
+        else:
+            for _, body in stmt.branches:
+                names |= _assigned(body)
+            names |= _assigned(stmt.orelse or ())
+    return names
+
+
+def _render_block(stmts, r: _AstRenderer, out: list[str], indent: str) -> None:
+    if not stmts:
+        out.append(f"{indent}pass")
+    for stmt in stmts:
+        if isinstance(stmt, S.Assign):
+            targets = ", ".join(ident(t) for t in stmt.targets)
+            out.append(f"{indent}{targets} = {r.expr(stmt.value)}  # line {stmt.span.line}")
+            continue
+        for i, (cond, body) in enumerate(stmt.branches):
+            word = "if" if i == 0 else "elif"
+            out.append(f"{indent}{word} _truth({r.expr(cond)}):  # line {cond.span.line}")
+            _render_block(body, r, out, indent + "    ")
+        if stmt.orelse is not None:
+            out.append(f"{indent}else:")
+            _render_block(stmt.orelse, r, out, indent + "    ")
