@@ -15,7 +15,7 @@ import time
 CHILD = """
 import time
 t0 = time.perf_counter()
-import optdsl
+import optdsl.optim
 t1 = time.perf_counter()
 cls = optdsl.optim.load("Adam")
 cls.source("numpy")              # parse, check, lower, passes, render, build one kernel
@@ -32,8 +32,11 @@ print(f"{(t1-t0)*1e3:.1f} {(t2-t1)*1e3:.1f} {(t3-t2)*1e3:.1f} {(t5-t4)*1e3:.3f}"
 
 def run(cache_dir: str) -> list[float]:
     env = dict(os.environ, OPTDSL_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    result = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                            text=True, check=False)
+    if result.returncode:
+        raise SystemExit(result.stderr)
+    out = result.stdout
     return [float(x) for x in out.split()]
 
 

@@ -25,6 +25,7 @@ from lark.indenter import DedentError, Indenter
 from . import syntax as S
 from ._resources import data_dir
 from .errors import Diagnostic, ParseError, SourceFile, Span
+from .parser_cache import load_parser
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {")", "]", "}"}
@@ -67,15 +68,14 @@ class _OptIndenter(Indenter):
 
 @cache
 def _parser() -> Lark:
+    """The LALR parser; its tables come from the disk cache after the first build."""
     grammar = (data_dir("grammars") / "optdsl.lark").read_text()
-    return Lark(
-        grammar,
-        parser="lalr",
-        lexer="contextual",
-        postlex=_OptIndenter(),
-        propagate_positions=True,
-        maybe_placeholders=True,
-    )
+
+    def build() -> Lark:
+        return Lark(grammar, parser="lalr", lexer="contextual", postlex=_OptIndenter(),
+                    propagate_positions=True, maybe_placeholders=True)
+
+    return load_parser(grammar, build, postlex=_OptIndenter())
 
 
 def parse(text: str, filename: str = "<string>") -> S.Spec:
