@@ -52,12 +52,13 @@ def fresh(text: str):
 
 
 def kernels(directory: Path) -> dict[str, str]:
-    return {f.name: f.read_text() for f in sorted(directory.iterdir()) if f.is_file()}
+    # Kernel entries only: the parser's tables (lark-*.json) share the directory.
+    return {f.name: f.read_text() for f in sorted(directory.glob("*.py")) if f.is_file()}
 
 
 def assert_whole(directory: Path, sources: set[str] | None = None) -> None:
     """Every file is a finished entry: named by its key, a matching header, no temp files."""
-    names = [f.name for f in directory.iterdir()]
+    names = [f.name for f in directory.iterdir() if not f.name.startswith("lark-")]
     assert names, "nothing was written"
     for name in names:
         assert not name.startswith(".tmp"), f"temp file left behind: {name}"
@@ -272,7 +273,7 @@ def test_failed_write_leaves_no_temp_file(cache_in, monkeypatch):
 
 def _entry(directory: Path, text: str) -> Path:
     fresh(text).source("numpy")
-    (path,) = directory.iterdir()
+    (path,) = directory.glob("*.py")
     return path
 
 
@@ -325,3 +326,16 @@ def test_a_valid_entry_is_what_runs(cache_in):
     cache.clear_memory()
     body = path.read_text().partition("\n")[2]
     assert fresh(text).source("numpy") == body
+
+
+def test_parser_tables_are_cached_as_json_and_a_damaged_file_is_rebuilt(tmp_path):
+    """A fresh process writes lark-*.json once; garbage there is ignored and rewritten."""
+    env = {**os.environ, "OPTDSL_CACHE_DIR": str(tmp_path)}
+    code = "from optdsl.compiler import load_spec; load_spec(open('stdlib/sgd.opt').read())"
+    root = Path(__file__).parents[1]
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True)
+    (tables,) = tmp_path.glob("lark-*.json")
+    assert json.loads(tables.read_text())["data"]["parser"]
+    tables.write_text("{not json")
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True)
+    assert json.loads(tables.read_text())["data"]["parser"]
