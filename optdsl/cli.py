@@ -13,15 +13,18 @@ from .errors import OptdslError, SpecError
 
 def _load(target: str):
     """A CompiledSpec from a stdlib name (``Adam``) or a path to a ``.opt`` file."""
-    from . import optim
+    from . import optim, schedules
     from .compiler import load_spec
 
     if target in optim.STDLIB:
         return optim.load(target)._spec
+    if target in schedules.STDLIB:
+        return schedules.load(target)._spec
     path = Path(target)
     if not path.is_file():
-        names = ", ".join(optim.STDLIB)
-        raise OptdslError(f"{target}: no such file, and not a stdlib optimizer ({names})")
+        names = ", ".join([*optim.STDLIB, *schedules.STDLIB])
+        raise OptdslError(f"{target}: no such file, and not a stdlib optimizer or "
+                          f"schedule ({names})")
     return load_spec(path.read_text(), str(path))
 
 
@@ -36,6 +39,12 @@ def cmd_compile(args) -> int:
     from .backends import get as get_backend
 
     spec = _load(args.file)
+    if spec.kind == "schedule":
+        if args.output or args.emit not in ("source", "host"):
+            raise OptdslError(f"{spec.name} is a schedule: it runs on the host and has no "
+                              "kernel or IR; `optdsl compile` prints its host code")
+        print(spec.host_source, end="")
+        return 0
     if args.output:
         from .export import render_module
 
@@ -81,11 +90,20 @@ def cmd_list(args) -> int:
     from . import optim
     from .api import state_bytes_per_param
 
+    from . import schedules
+
+    print("optimizers (optdsl.optim)")
     for name in optim.STDLIB:
         spec = optim.load(name)._spec
         nbytes = state_bytes_per_param(spec)
         print(f"{name}  ({optim.STDLIB[name]}; {nbytes} state bytes per fp32 parameter "
               "with defaults)")
+        for info in spec.hypers.values():
+            print(f"    {info.describe()}")
+    print("\nschedules (optdsl.schedules)")
+    for name in schedules.STDLIB:
+        spec = schedules.load(name)._spec
+        print(f"{name}  ({schedules.STDLIB[name]})")
         for info in spec.hypers.values():
             print(f"    {info.describe()}")
     return 0
@@ -95,9 +113,12 @@ def cmd_show(args) -> int:
     from .backends import get as get_backend
 
     spec = _load(args.name)
-    path = _default_path(spec)
     rule = "-" * 78
     print(f"{rule}\nspec ({spec.filename})\n{rule}\n{spec.text.rstrip()}")
+    if spec.kind == "schedule":
+        print(f"{rule}\nhost code\n{rule}\n{spec.host_source}", end="")
+        return 0
+    path = _default_path(spec)
     print(f"{rule}\nIR after the passes (default hypers, t=1; path {path})\n{rule}")
     print(spec.program(path))
     print(f"{rule}\nkernel ({args.backend})\n{rule}")
@@ -131,11 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("list", help="list the stdlib optimizers and their hypers")
+    p = sub.add_parser("list", help="list the stdlib optimizers and schedules")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="print a spec, its IR and its kernel")
-    p.add_argument("name", help="a stdlib optimizer name or a .opt path")
+    p.add_argument("name", help="a stdlib optimizer or schedule name, or a .opt path")
     p.add_argument("--backend", default="numpy")
     p.set_defaults(func=cmd_show)
 

@@ -121,3 +121,15 @@ def test_demo_trains(capsys):
     out = capsys.readouterr().out
     acc = float(out.strip().rsplit(" ", 1)[-1])
     assert acc > 0.9, out
+
+
+def test_schedules_in_list_show_and_compile(capsys):
+    assert main(["list"]) == 0
+    assert "StepLR  (schedules/steplr.opt)" in capsys.readouterr().out
+    assert main(["show", "StepLR"]) == 0
+    out = capsys.readouterr().out
+    assert "schedule StepLR" in out and "def schedule_step(" in out
+    assert main(["compile", str(EXAMPLES / "design_steplr.opt")]) == 0
+    assert "_np.floor(" in capsys.readouterr().out
+    assert main(["compile", "StepLR", "--emit", "ir"]) == 1
+    assert "has no kernel or IR" in capsys.readouterr().err
