@@ -1,0 +1,50 @@
+"""The README's tour runs as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import optdsl
+from optdsl.compiler import load_spec
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def blocks(language: str) -> list[str]:
+    """The fenced code blocks whose info string is ``language`` ("" for plain fences)."""
+    found, current, info = [], None, ""
+    for line in README.splitlines(keepends=True):
+        if line.startswith("```"):
+            if current is None:
+                current, info = [], line[3:].strip()
+            else:
+                if info == language:
+                    found.append("".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return found
+
+
+def test_the_tour_runs(tmp_path, monkeypatch, capsys):
+    lion = blocks("")[0]
+    assert lion.startswith("optimizer Lion")
+    (tmp_path / "lion.opt").write_text(lion)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for code in blocks("python")[:2]:
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    out = capsys.readouterr().out
+    assert "100 (784, 10)" in out
+    assert "def kernel(" in out and "_np.sign(" in out
+
+
+def test_the_error_shown_is_the_error_raised():
+    lion = blocks("")[0]
+    shown = next(b for b in blocks("") if "did you mean" in b).strip()
+    bad = lion.replace("(1 - b1) * g)", "(1 - bta1) * g)")
+    with pytest.raises(optdsl.CheckError) as info:
+        load_spec(bad, "lion.opt")
+    assert str(info.value) == shown
