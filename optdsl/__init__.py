@@ -21,6 +21,7 @@ from .errors import (  # noqa: E402
     SpecError,
     StateDictError,
 )
+from .backends.pool import num_threads, set_num_threads  # noqa: E402
 from .runtime import Optimizer, Param  # noqa: E402
 
 
@@ -32,5 +33,5 @@ def backends() -> list[str]:
 __all__ = [
     "compile", "backends", "Param", "Optimizer", "OptdslError", "SpecError", "ParseError",
     "CheckError", "HyperError", "HyperTypeError", "StateDictError", "InternalCompilerError",
-    "__version__",
+    "set_num_threads", "num_threads", "__version__",
 ]

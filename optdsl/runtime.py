@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import hypers as H
-from .backends import Backend
+from .backends import Backend, pool
 from .compiler import CompiledSpec, backend_for
 from .errors import HyperError, HyperTypeError, OptdslError, StateDictError
 
@@ -319,16 +319,14 @@ class Optimizer:
         for b in kernel.buffers:
             if b not in buffers:
                 buffers[b] = layout.flat(b, p)
-        scratch = self._scratch_for(kernel, data.dtype)
-        with np.errstate(all="ignore"):
-            kernel.run(flat_p.size, *(buffers[b] for b in kernel.buffers), args, scratch,
-                       _chunk())
+        pool.run(kernel.run, flat_p.size, [buffers[b] for b in kernel.buffers], args,
+                 lambda worker: self._scratch_for(kernel, data.dtype, worker), _chunk())
         if not contiguous:
             data[...] = flat_p.reshape(data.shape)
         st["step"] = t
 
-    def _scratch_for(self, kernel, dtype) -> tuple[np.ndarray, np.ndarray]:
-        key = (id(kernel), np.dtype(dtype).str)
+    def _scratch_for(self, kernel, dtype, worker: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        key = (id(kernel), np.dtype(dtype).str, worker)
         if key not in self._scratch:
             n_float, n_bool = kernel.scratch
             chunk = _chunk()
