@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from .api import compile  # noqa: E402  (shadows the builtin on purpose: optdsl.compile)
 from .backends import available as _available  # noqa: E402
+from .backends.pool import num_threads, set_num_threads  # noqa: E402
 from .errors import (  # noqa: E402
     CheckError,
     HyperError,
@@ -21,7 +22,6 @@ from .errors import (  # noqa: E402
     SpecError,
     StateDictError,
 )
-from .backends.pool import num_threads, set_num_threads  # noqa: E402
 from .runtime import Optimizer, Param  # noqa: E402
 
 

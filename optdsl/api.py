@@ -66,3 +66,33 @@ def state_bytes_per_param(spec: CompiledSpec, itemsize: int = 4, **hypers: Any) 
 
 
 __all__ = ["compile", "make_class", "HyperInfo", "state_bytes_per_param"]
+
+
+class StdlibModule:
+    """What ``optdsl.optim`` and ``optdsl.schedules`` share: classes compiled on first use
+    from files under ``stdlib/``, available as module attributes."""
+
+    def __init__(self, module: str, kind: str, files: dict[str, str]):
+        self.module, self.kind, self.files = module, kind, files
+
+    def load(self, name: str) -> type:
+        if name not in self.files:
+            raise KeyError(f"no stdlib {self.kind} {name!r}; available: "
+                           f"{', '.join(self.files)}")
+        if name not in _STDLIB_CLASSES:
+            from ._resources import data_dir
+            from .compiler import load_spec
+
+            path = data_dir("stdlib") / self.files[name]
+            spec = load_spec(path.read_text(), f"stdlib/{self.files[name]}")
+            _STDLIB_CLASSES[name] = make_class(spec, module=self.module)
+        return _STDLIB_CLASSES[name]
+
+    def getattr(self, namespace: dict[str, Any], name: str) -> type:
+        if name in self.files:
+            namespace[name] = self.load(name)
+            return namespace[name]
+        raise AttributeError(f"module {self.module!r} has no attribute {name!r}")
+
+
+_STDLIB_CLASSES: dict[str, type] = {}

@@ -87,10 +87,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import optim
+    from . import optim, schedules
     from .api import state_bytes_per_param
-
-    from . import schedules
 
     print("optimizers (optdsl.optim)")
     for name in optim.STDLIB:

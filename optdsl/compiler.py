@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import cache, passes
+from .backends import Backend, Kernel
 from .backends import get as get_backend
 from .backends import pick as pick_backend
-from .backends import Backend, Kernel
 from .checker import CheckedSpec, check
 from .frontend import parse
 from .hostcode import render_host_module

@@ -46,7 +46,7 @@ class _AstRenderer:
             return self.op(e.op, [e.left, e.right])
         if isinstance(e, S.Compare):
             parts = [self.op(op, [a, b])
-                     for op, a, b in zip(e.ops, e.operands, e.operands[1:])]
+                     for op, a, b in zip(e.ops, e.operands, e.operands[1:], strict=False)]
             out = parts[0]
             for part in parts[1:]:
                 out = f"_np.logical_and({out}, {part})"
@@ -107,6 +107,18 @@ def _hyper_prologue(checked: CheckedSpec, indent: str, nodes) -> list[str]:
     return lines
 
 
+def render_requires(checked: CheckedSpec, r: _AstRenderer) -> list[str]:
+    """``def requires(h)``: the index of the first failing ``require`` line, or -1."""
+    out = ["def requires(h):",
+           '    """Index of the first failing require line, or -1."""']
+    out += _hyper_prologue(checked, "    ", [q.cond for q in checked.spec.requires])
+    for k, req in enumerate(checked.spec.requires):
+        out.append(f"    if not _truth({r.expr(req.cond)}):  # line {req.span.line}")
+        out.append(f"        return {k}")
+    out += ["    return -1", ""]
+    return out
+
+
 def render_host_module(checked: CheckedSpec) -> str:
     """The per-spec host functions, as Python source."""
     spec = checked.spec
@@ -122,14 +134,7 @@ def render_host_module(checked: CheckedSpec) -> str:
     out += body
     out.append("    return tuple(path)")
     out.append("")
-    out.append("def requires(h):")
-    out.append('    """Index of the first failing require line, or -1."""')
-    out += _hyper_prologue(checked, "    ", [r.cond for r in spec.requires])
-    for k, req in enumerate(spec.requires):
-        out.append(f"    if not _truth({r.expr(req.cond)}):  # line {req.span.line}")
-        out.append(f"        return {k}")
-    out.append("    return -1")
-    out.append("")
+    out += render_requires(checked, r)
     out.append("def state_enabled(h):")
     out.append('    """Which conditional states exist under these hypers."""')
     out += _hyper_prologue(checked, "    ", [s.cond for s in spec.states])

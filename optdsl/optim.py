@@ -6,12 +6,7 @@ returns the class. Each class takes torch.optim's constructor keywords and defau
 
 from __future__ import annotations
 
-from functools import cache
-
-from ._resources import data_dir
-from .api import make_class
-from .compiler import load_spec
-from .runtime import Optimizer
+from .api import StdlibModule
 
 STDLIB = {
     "SGD": "sgd.opt", "Adam": "adam.opt", "AdamW": "adamw.opt", "RMSprop": "rmsprop.opt",
@@ -20,23 +15,12 @@ STDLIB = {
 
 __all__ = list(STDLIB) + ["load", "STDLIB"]
 
-
-@cache
-def load(name: str) -> type[Optimizer]:
-    """The stdlib optimizer class ``name`` (e.g. ``"Adam"``)."""
-    if name not in STDLIB:
-        raise KeyError(f"no stdlib optimizer {name!r}; available: {', '.join(STDLIB)}")
-    path = data_dir("stdlib") / STDLIB[name]
-    return make_class(load_spec(path.read_text(), f"stdlib/{STDLIB[name]}"),
-                      module="optdsl.optim")
+_stdlib = StdlibModule(__name__, "optimizer", STDLIB)
+load = _stdlib.load
 
 
-def __getattr__(name: str) -> type[Optimizer]:
-    if name in STDLIB:
-        cls = load(name)
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module 'optdsl.optim' has no attribute {name!r}")
+def __getattr__(name: str) -> type:
+    return _stdlib.getattr(globals(), name)
 
 
 def __dir__() -> list[str]:

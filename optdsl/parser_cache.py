@@ -18,8 +18,7 @@ from lark import Lark
 from lark.grammar import Rule
 from lark.lexer import TerminalDef
 
-from .cache import write_atomically
-from .cache import cache_dir
+from .cache import cache_dir, write_atomically
 
 
 def _encode(x: Any) -> Any:

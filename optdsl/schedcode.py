@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import syntax as S
 from .checker import SCHEDULE_BUILTINS, SCHEDULE_GROUP_VALUES, CheckedSpec
-from .hostcode import _AstRenderer, _hyper_prologue, _names_in
+from .hostcode import _AstRenderer, _hyper_prologue, _names_in, render_requires
 from .render import ident, quoted_ident
 
 
@@ -42,14 +42,7 @@ def render_schedule_module(checked: CheckedSpec) -> str:
     items = ", ".join(f"{quoted_ident(s.name)}: _f({r.expr(s.init)})" for s in spec.states)
     out.append(f"    return {{{items}}}")
     out.append("")
-    out.append("def requires(h):")
-    out.append('    """Index of the first failing require line, or -1."""')
-    out += _hyper_prologue(checked, "    ", [q.cond for q in spec.requires])
-    for k, req in enumerate(spec.requires):
-        out.append(f"    if not _truth({r.expr(req.cond)}):  # line {req.span.line}")
-        out.append(f"        return {k}")
-    out.append("    return -1")
-    out.append("")
+    out += render_requires(checked, r)
     return "\n".join(out)
 
 

@@ -8,14 +8,13 @@ writes the new values into every param group.
 from __future__ import annotations
 
 import math
-from functools import cache
 from typing import Any
 
 import numpy as np
 
 from . import hypers as H
-from ._resources import data_dir
-from .compiler import CompiledSpec, load_spec
+from .api import StdlibModule
+from .compiler import CompiledSpec
 from .errors import HyperError, OptdslError, StateDictError
 
 STDLIB = {"StepLR": "schedules/steplr.opt"}
@@ -103,21 +102,9 @@ class Schedule:
         self.hypers, self.state = hypers, state
 
 
-@cache
-def load(name: str) -> type[Schedule]:
-    """The stdlib schedule class ``name`` (e.g. ``"StepLR"``)."""
-    from .api import make_class
-
-    if name not in STDLIB:
-        raise KeyError(f"no stdlib schedule {name!r}; available: {', '.join(STDLIB)}")
-    path = data_dir("stdlib") / STDLIB[name]
-    return make_class(load_spec(path.read_text(), f"stdlib/{STDLIB[name]}"),
-                      module="optdsl.schedules")
+_stdlib = StdlibModule(__name__, "schedule", STDLIB)
+load = _stdlib.load
 
 
 def __getattr__(name: str) -> type[Schedule]:
-    if name in STDLIB:
-        cls = load(name)
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module 'optdsl.schedules' has no attribute {name!r}")
+    return _stdlib.getattr(globals(), name)

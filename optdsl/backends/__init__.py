@@ -7,8 +7,9 @@ the runtime whether the backend can run on a given array (its device).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import OptdslError
 
