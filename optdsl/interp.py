@@ -43,8 +43,11 @@ def interpret(program: Program, hypers: dict[str, Any], t: int,
             value = np.array(buffers[ins.attr], dtype=dtype, copy=True)
         elif ins.op == "index":
             value = values[ins.args[0].id][ins.attr]
+        elif ins.op == "copy" and ins.out.type.is_tensor:  # also fills with a host scalar
+            value = _as_dtype(values[ins.args[0].id], dtype)
+            value = np.broadcast_to(value, np.shape(buffers["p"])).copy()
         elif ins.op == "copy":
-            value = np.array(values[ins.args[0].id], copy=True)
+            value = values[ins.args[0].id]
         else:
             args = [values[a.id] for a in ins.args]
             if ins.out.type.is_tensor:

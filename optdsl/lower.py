@@ -69,7 +69,8 @@ class _Builder:
 
     def leaf(self, op: str, attr, type_: Type, hint: str = "", span=None) -> Var:
         """Leaves are emitted once each (a buffer is loaded once, a hyper read once)."""
-        key = (op, attr if not isinstance(attr, float) else repr(attr))
+        # repr keeps 0.0 and -0.0 apart; the type keeps the string "1.0" and 1.0 apart
+        key = (op, attr) if op != "const" else (op, type(attr).__name__, repr(attr))
         if key not in self.cache:
             self.cache[key] = self.emit(op, (), attr, span, hint or str(attr), type_)
         return self.cache[key]
@@ -114,7 +115,7 @@ def _lower_block(stmts, env: dict[str, Var], decisions: list[int], b: _Builder) 
                       for i in range(len(stmt.targets))]
         else:
             values = [_lower_expr(stmt.value, env, b)]
-        for name, value in zip(stmt.targets, values):
+        for name, value in zip(stmt.targets, values, strict=True):
             if not value.type.is_tensor and name in _buffer_names(b.checked.spec):
                 # The checker types a name by joining every path to it, so a value that is
                 # elementwise on some path can be a host scalar on this one. p, g and the
@@ -170,7 +171,7 @@ def _lower_expr(e: S.Expr, env: dict[str, Var], b: _Builder) -> Var:
     if isinstance(e, S.Compare):
         operands = [_lower_expr(o, env, b) for o in e.operands]
         result = None
-        for op, x, y in zip(e.ops, operands, operands[1:]):
+        for op, x, y in zip(e.ops, operands, operands[1:], strict=False):
             part = b.emit(op, (x, y), span=e.span)
             result = part if result is None else b.emit("and", (result, part), span=e.span)
         return result

@@ -2,7 +2,8 @@
 
 Folding computes with :func:`optdsl.ops.apply` in float64, the same arithmetic the host
 prologue would run, so folding never changes a result. ``where`` with a constant
-condition picks its branch, for tensors too.
+condition picks its branch, for tensors too (a host branch of an elementwise ``where``
+becomes a ``copy`` that fills the tensor, so the value keeps its type).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ def fold_constants(program: Program) -> Program:
         if ins.op == "const":
             consts[ins.out.id] = ins.attr
         elif ins.op == "where" and args[0].id in consts:
-            mapping[ins.out.id] = args[1] if consts[args[0].id] else args[2]
+            chosen = args[1] if consts[args[0].id] else args[2]
+            if chosen.type == ins.out.type:
+                mapping[ins.out.id] = chosen
+                continue
+            # where(True, lr, p) is elementwise: keep it so, filled with the host value
+            out.append(Instr(ins.out, "copy", (chosen,), None, ins.span))
             continue
         elif (ins.op not in ("load", "hyper", "step", "index", "copy") and args
               and all(a.id in consts for a in args) and not ins.out.type.is_tensor):

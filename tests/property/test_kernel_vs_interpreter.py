@@ -1,0 +1,192 @@
+"""Every generated kernel agrees with the reference interpreter, bit for bit.
+
+The rules are random (``tests/property/rules.py``); so are shapes (empty, scalar, a few
+elements, more than one chunk), dtypes, hyper values and the steps taken. The oracle is
+:func:`optdsl.interp.interpret` on the *unoptimised* program of the same path, so these
+tests cover lowering, every pass, the NumPy backend's rendering and its template, and the
+host prologue at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from optdsl import passes
+from optdsl._resources import data_dir
+from optdsl.backends import get as get_backend
+from optdsl.compiler import load_spec
+from optdsl.errors import InternalCompilerError
+from optdsl.hypers import resolve
+from optdsl.interp import interpret
+from tests.property.harness import assert_same_bits, make_buffers, run_kernel
+from tests.property.rules import hyper_values, rules
+
+NUMPY = get_backend("numpy")
+# OPTDSL_PROPERTY_EXAMPLES=2000 for a long hunt; the default keeps the file under a minute.
+EXAMPLES = int(os.environ.get("OPTDSL_PROPERTY_EXAMPLES", "120"))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+# (shape, chunk): empty, a scalar, fewer elements than a chunk, a chunk boundary inside the
+# array (7 / 5, 70 / 64, 4100 / 4096), and an exact multiple of the chunk (15 / 5).
+CASES = [((0,), 64), ((), 5), ((1,), 5), ((7,), 5), ((7,), 4096), ((3, 5), 5), ((70,), 64),
+         ((2, 65), 64), ((4100,), 4096)]
+DTYPES = (np.float32, np.float64)
+SKIPPABLE = ("fold_constants", "eliminate_common_subexpressions", "eliminate_dead_code")
+
+
+def _setup(rule, data):
+    """The compiled spec, resolved hypers and random buffers for one example."""
+    spec = load_spec(rule.text, "R.opt")
+    hypers = resolve(spec.hypers, data.draw(hyper_values(rule), label="hypers"), "R")
+    shape, chunk = data.draw(st.sampled_from(CASES), label="shape, chunk")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    specials = data.draw(st.booleans(), label="inf/nan/zeros in the data")
+    names = ("p", "g") + tuple(s.name for s in spec.spec.states)
+    return spec, hypers, make_buffers(names, shape, dtype, seed, specials), chunk
+
+
+def _decide(spec, hypers, t):
+    with np.errstate(all="ignore"):  # host arithmetic may divide by zero; that is allowed
+        return spec.host["decide"](hypers, t)
+
+
+def _check_step(kernel, program, hypers, t, buffers, chunk, what) -> dict:
+    """Run ``kernel`` and the interpreter on ``program`` for one step; compare; return the
+    kernel's buffers after the step."""
+    want = interpret(program, hypers, t, buffers)
+    got = run_kernel(kernel, hypers, t, buffers, chunk)
+    assert set(kernel.outputs) == set(want), f"{what}: outputs {kernel.outputs} vs {set(want)}"
+    for name, before in buffers.items():
+        if name in want:
+            assert_same_bits(got[name], want[name], f"{what}: output {name}")
+        else:  # not an output: the kernel must leave it alone (g is never an output)
+            assert_same_bits(got[name], before, f"{what}: untouched input {name}")
+    assert "g" not in want
+    return got
+
+
+@SETTINGS
+@given(rule=rules(), data=st.data())
+def test_kernel_matches_interpreter(rule, data):
+    """Several steps of every path the drawn hypers reach: kernel == interpreter."""
+    spec, hypers, buffers, chunk = _setup(rule, data)
+    all_paths = set(spec.paths())
+    for t in range(1, 5):
+        path = _decide(spec, hypers, t)
+        assert path in all_paths, f"decide gave {path}, not one of spec.paths()"
+        kernel = spec.kernel(NUMPY, path)
+        buffers = _check_step(kernel, spec.unoptimized(path), hypers, t, buffers, chunk,
+                              f"t={t} path={path} chunk={chunk}")
+
+
+@SETTINGS
+@given(rule=rules(), data=st.data())
+def test_every_path_matches_interpreter(rule, data):
+    """Paths the hypers do not reach still compile to kernels that agree."""
+    spec, hypers, buffers, chunk = _setup(rule, data)
+    all_paths = spec.paths()
+    chosen = data.draw(st.lists(st.sampled_from(all_paths), min_size=1, max_size=4,
+                                unique=True), label="paths")
+    t = data.draw(st.integers(1, 4), label="t")
+    for path in chosen:
+        _check_step(spec.kernel(NUMPY, path), spec.unoptimized(path), hypers, t, buffers,
+                    chunk, f"path={path}")
+
+
+@SETTINGS
+@given(rule=rules(), data=st.data())
+def test_chunk_size_and_threads_do_not_change_bits(rule, data):
+    """One kernel, chunk sizes 1, 3, 4096 and 16384, and the range split across threads:
+    the same bits every time."""
+    spec, hypers, buffers, _ = _setup(rule, data)
+    if buffers["p"].size > 300:  # chunk size 1 on 4100 elements is slow and adds nothing
+        buffers = {k: v.reshape(-1)[:300].copy() for k, v in buffers.items()}
+    t = data.draw(st.integers(1, 4), label="t")
+    path = _decide(spec, hypers, t)
+    kernel = spec.kernel(NUMPY, path)
+    first = run_kernel(kernel, hypers, t, buffers, 1)
+    runs = [(f"chunk={c}", run_kernel(kernel, hypers, t, buffers, c)) for c in (3, 4096, 16384)]
+    pieces = data.draw(st.integers(2, 4), label="threads")
+    chunk = data.draw(st.sampled_from((3, 64, 4096)), label="threaded chunk")
+    runs.append((f"{pieces} threads, chunk={chunk}",
+                 run_kernel(kernel, hypers, t, buffers, chunk, pieces)))
+    for what, other in runs:
+        for name in first:
+            assert_same_bits(other[name], first[name], f"{what}: {name}")
+
+
+@SETTINGS
+@given(rule=rules(), data=st.data())
+def test_each_pass_preserves_meaning(rule, data):
+    """Switching off any optional pass (or all of them) gives the same bits."""
+    spec, hypers, buffers, chunk = _setup(rule, data)
+    t = data.draw(st.integers(1, 4), label="t")
+    path = _decide(spec, hypers, t)
+    skips = [(name,) for name in SKIPPABLE] + [SKIPPABLE]
+    for skip in skips:
+        program = spec.program(path, skip=skip)
+        source = NUMPY.render(program, path=path)
+        kernel = NUMPY.build(source, "R_without_" + "_".join(skip))
+        _check_step(kernel, spec.unoptimized(path), hypers, t, buffers, chunk,
+                    f"without {', '.join(skip)}")
+
+
+STDLIB = sorted(p.name for p in data_dir("stdlib").glob("*.opt"))
+
+
+@pytest.mark.parametrize("filename", STDLIB)
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_stdlib_kernels_match_interpreter(filename, data):
+    """Every path of every stdlib optimizer, with random values for its number hypers."""
+    spec = load_spec((data_dir("stdlib") / filename).read_text(), filename)
+    given_values = {}
+    for name, info in spec.hypers.items():
+        if info.type == "float" and data.draw(st.booleans()):
+            lo = 0.0 if info.lo is not None and info.lo >= 0 else -1.0
+            given_values[name] = data.draw(st.floats(lo, 0.99), label=name)
+    hypers = resolve(spec.hypers, given_values, filename)
+    shape, chunk = data.draw(st.sampled_from(CASES), label="shape, chunk")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    names = ("p", "g") + tuple(s.name for s in spec.spec.states)
+    buffers = make_buffers(names, shape, dtype, data.draw(st.integers(0, 2**32 - 1)), False)
+    buffers = {k: np.abs(v) if k != "p" and k != "g" else v for k, v in buffers.items()}
+    t = data.draw(st.integers(1, 5), label="t")
+    for path in spec.paths():
+        _check_step(spec.kernel(NUMPY, path), spec.unoptimized(path), hypers, t, buffers,
+                    chunk, f"{filename} path={path}")
+
+
+def test_skippable_passes_are_the_optional_ones():
+    """The backend needs hoisting and buffer reuse; everything else can be switched off."""
+    assert set(passes.PASSES) == set(SKIPPABLE) | {"hoist_host_scalars", "reuse_buffers"}
+    spec = load_spec("optimizer R\nupdate:\n    p = p - g\n")
+    with pytest.raises(InternalCompilerError, match="hoisted"):
+        NUMPY.render(spec.program((), skip=("hoist_host_scalars",)), path=())
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(rule=rules(), data=st.data())
+def test_passes_are_pure(rule, data):
+    """No pass modifies its input; every intermediate program can be kept and printed."""
+    spec = load_spec(rule.text, "R.opt")
+    path = data.draw(st.sampled_from(spec.paths()), label="path")
+    program = spec.unoptimized(path)
+    for p in passes.PIPELINE:
+        kept, text = copy.deepcopy(program), str(program)
+        out = p(program)
+        assert program == kept, f"{p.__name__} modified its input"
+        assert str(program) == text, f"{p.__name__} modified its input's printed form"
+        # (printed, because a folded 0 / 0 is a NaN constant, and nan != nan)
+        assert str(p(kept)) == str(out), f"{p.__name__} is not deterministic"
+        assert str(out).startswith("program R")
+        program = out
+    assert str(program) == str(spec.program(path))
