@@ -10,8 +10,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .api import compile  # noqa: E402  (shadows the builtin on purpose: optdsl.compile)
-from .backends import available as _available  # noqa: E402
-from .backends.pool import num_threads, set_num_threads  # noqa: E402
+from .backend import available as _available  # noqa: E402
+from .backend.pool import num_threads, set_num_threads  # noqa: E402
 from .errors import (  # noqa: E402
     CheckError,
     HyperError,

@@ -44,7 +44,7 @@ def compiler_fingerprint() -> str:
     package = Path(__file__).resolve().parent
     files = sorted(data_dir("codegen").glob("*.j2"))
     files += sorted(package.glob("*.py")) + sorted((package / "passes").glob("*.py"))
-    files += sorted((package / "backends").glob("*.py"))
+    files += sorted((package / "backend").glob("*.py"))
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())

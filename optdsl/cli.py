@@ -36,7 +36,7 @@ def _default_path(spec, t: int = 1):
 
 
 def cmd_compile(args) -> int:
-    from .backends import get as get_backend
+    from .backend import get as get_backend
 
     spec = _load(args.file)
     if spec.kind == "schedule":
@@ -108,7 +108,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .backends import get as get_backend
+    from .backend import get as get_backend
 
     spec = _load(args.name)
     rule = "-" * 78

@@ -4,8 +4,8 @@
     check  (checker)   AST -> checked AST + hyper table
     lower  (lower)     checked AST + host decisions -> SSA IR
     passes (passes)    IR -> folded, CSE'd, hoisted, buffer-assigned IR
-    render (backends)  IR -> kernel source (a Jinja2 template per backend)
-    build  (backends)  source -> callable
+    render (backend)   IR -> kernel source (a Jinja2 template per backend)
+    build  (backend)   source -> callable
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import cache, passes
-from .backends import Backend, Kernel
-from .backends import get as get_backend
-from .backends import pick as pick_backend
+from .backend import Backend, Kernel
+from .backend import get as get_backend
+from .backend import pick as pick_backend
 from .checker import CheckedSpec, check
 from .frontend import parse
 from .hostcode import render_host_module

@@ -17,8 +17,8 @@ from typing import Any
 import jinja2
 
 from ._resources import data_dir
-from .backends import Backend, Kernel
-from .backends import get as get_backend
+from .backend import Backend, Kernel
+from .backend import get as get_backend
 from .compiler import CompiledSpec
 from .errors import OptdslError
 from .hypers import HyperInfo

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import hypers as H
-from .backends import Backend, pool
+from .backend import Backend, pool
 from .compiler import CompiledSpec, backend_for
 from .errors import HyperError, HyperTypeError, OptdslError, StateDictError
 
@@ -122,7 +122,7 @@ class Optimizer:
     @classmethod
     def source(cls, backend: str = "numpy", *, t: int = 1, **hypers: Any) -> str:
         """The exact kernel source that runs for these hypers (defaults otherwise) at step t."""
-        from .backends import get as get_backend
+        from .backend import get as get_backend
 
         values = H.resolve(cls._spec.hypers, hypers, cls.__name__)
         path = cls._spec.host["decide"](values, t)
@@ -439,7 +439,7 @@ def _same_view(arr: Any, layout: _Layout, name: str, p: Any) -> bool:
 
 
 def _chunk() -> int:
-    from .backends.numpy_backend import CHUNK
+    from .backend.numpy_backend import CHUNK
 
     return CHUNK
 

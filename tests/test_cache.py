@@ -20,7 +20,7 @@ import pytest
 import optdsl
 from optdsl import cache
 from optdsl.api import make_class
-from optdsl.backends.numpy_backend import NumpyBackend
+from optdsl.backend.numpy_backend import NumpyBackend
 from optdsl.compiler import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ CHILD = textwrap.dedent("""\
 
     text_file, mode = sys.argv[1], sys.argv[2]
     import optdsl
-    from optdsl.backends.numpy_backend import NumpyBackend
+    from optdsl.backend.numpy_backend import NumpyBackend
 
     if mode == "no-render":
         def refuse(*args, **kwargs):

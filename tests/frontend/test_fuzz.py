@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import optdsl
 from optdsl._resources import data_dir
-from optdsl.backends import get as get_backend
+from optdsl.backend import get as get_backend
 from optdsl.compiler import load_spec
 
 STDLIB = {p.name: p.read_text() for p in sorted(data_dir("stdlib").glob("*.opt"))}

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from optdsl.backends import get as get_backend
+from optdsl.backend import get as get_backend
 from optdsl.compiler import load_spec
 from optdsl.hypers import resolve
 from optdsl.interp import interpret

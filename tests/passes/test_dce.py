@@ -1,6 +1,6 @@
 """eliminate_dead_code: values no output needs are dropped, with their kernel arguments."""
 
-from optdsl.backends import get as get_backend
+from optdsl.backend import get as get_backend
 from optdsl.compiler import load_spec
 
 RULE = """optimizer R

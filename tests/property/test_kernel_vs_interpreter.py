@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from optdsl import passes
 from optdsl._resources import data_dir
-from optdsl.backends import get as get_backend
+from optdsl.backend import get as get_backend
 from optdsl.compiler import load_spec
 from optdsl.errors import InternalCompilerError
 from optdsl.hypers import resolve

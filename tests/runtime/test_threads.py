@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import optdsl
-from optdsl.backends import pool
+from optdsl.backend import pool
 from optdsl.optim import Adam, RMSprop
 
 

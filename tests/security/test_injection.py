@@ -22,7 +22,7 @@ import pytest
 import optdsl
 from optdsl._resources import data_dir
 from optdsl.api import make_class
-from optdsl.backends import get as get_backend
+from optdsl.backend import get as get_backend
 from optdsl.compiler import load_spec
 from optdsl.optim import STDLIB, load
 

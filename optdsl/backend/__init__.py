@@ -1,4 +1,4 @@
-"""Backends: a small interface and a registry by name.
+"""Backends: a small interface and a registry by name (``optdsl.backends()`` lists them).
 
 A backend turns a hoisted, buffer-assigned :class:`~optdsl.ir.Program` into source text
 (``render``) and that text into a runnable :class:`Kernel` (``build``). ``accepts`` tells
