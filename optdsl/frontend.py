@@ -589,5 +589,8 @@ class _ToAst(Transformer):
         self._not_keyword(children[0])
         return S.Name(str(children[0]), _span(meta))
 
+    def bare_tuple(self, meta, children):
+        return self.tuple(meta, children)
+
     def tuple(self, meta, children):
         return S.Tuple(tuple(c for c in children if c is not None), _span(meta))

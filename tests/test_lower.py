@@ -31,3 +31,24 @@ def test_the_string_one_and_the_number_one_are_different_constants():
     buffers = {"p": np.zeros(3), "g": np.ones(3)}
     got = run_kernel(spec.kernel(get_backend("numpy"), ()), {"mode": "1.0"}, 1, buffers, 2)
     assert_same_bits(got["p"], np.full(3, -2.0), "p")
+
+
+def test_bare_tuple_swap_of_states_is_simultaneous():
+    import numpy as np
+
+    import optdsl
+
+    Swap = optdsl.compile("""optimizer Swap
+state a = 1
+state b = 2
+update:
+    a, b = b, a
+    p = p - a * g
+""")
+    w = optdsl.Param(np.ones(3))
+    opt = Swap([w])
+    w.grad = np.ones(3)
+    opt.step()
+    np.testing.assert_array_equal(opt.state[w]["a"], 2.0)
+    np.testing.assert_array_equal(opt.state[w]["b"], 1.0)
+    np.testing.assert_array_equal(w.data, -1.0)
