@@ -320,18 +320,21 @@ class Optimizer:
             if b not in buffers:
                 buffers[b] = layout.flat(b, p)
         pool.run(kernel.run, flat_p.size, [buffers[b] for b in kernel.buffers], args,
-                 lambda worker: self._scratch_for(kernel, data.dtype, worker), _chunk())
+                 lambda worker: self._scratch_for(kernel, data.dtype, worker, flat_p.size),
+                 _chunk())
         if not contiguous:
             data[...] = flat_p.reshape(data.shape)
         st["step"] = t
 
-    def _scratch_for(self, kernel, dtype, worker: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def _scratch_for(self, kernel, dtype, worker: int, n: int) -> tuple[np.ndarray, ...]:
+        """Chunk-sized scratch for one worker; no larger than the largest param seen."""
         key = (id(kernel), np.dtype(dtype).str, worker)
-        if key not in self._scratch:
+        size = min(_chunk(), max(n, 1))
+        have = self._scratch.get(key)
+        if have is None or have[0].shape[1] < size:
             n_float, n_bool = kernel.scratch
-            chunk = _chunk()
-            self._scratch[key] = (np.empty((n_float, chunk), dtype),
-                                  np.empty((n_bool, chunk), bool))
+            self._scratch[key] = (np.empty((n_float, size), dtype),
+                                  np.empty((n_bool, size), bool))
         return self._scratch[key]
 
     # --- state_dict -----------------------------------------------------------------------

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-# Below this many elements per thread the pool costs more than it gains (thread hand-off
-# is tens of microseconds; a chunk of Adam is about that).
-MIN_ELEMENTS_PER_THREAD = 1 << 16
+# Below this many elements per thread the pool costs more than it gains: a thread
+# hand-off costs tens of microseconds, about what one chunk of Adam takes.
+MIN_ELEMENTS_PER_THREAD = 1 << 17
 
 _threads: int | None = None
 _pool: ThreadPoolExecutor | None = None
