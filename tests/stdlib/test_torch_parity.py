@@ -31,7 +31,6 @@ GOLDEN_FILE = GOLDEN_DIR / "torch_trajectories.json"
 if str(GOLDEN_DIR) not in sys.path:
     sys.path.insert(0, str(GOLDEN_DIR))
 
-import optdsl.optim  # noqa: E402
 from problem import (  # noqa: E402
     CHECK_STEPS,
     CONFIGS,
@@ -42,6 +41,8 @@ from problem import (  # noqa: E402
     make_grad,
     make_params,
 )
+
+import optdsl.optim  # noqa: E402
 
 TORCH_VERSION = "2.13.0"
 
