@@ -17,6 +17,7 @@ import numpy as np
 
 from . import hypers as H
 from .backend import Backend, pool
+from .backend import get as get_backend
 from .compiler import CompiledSpec, backend_for
 from .errors import HyperError, HyperTypeError, OptdslError, StateDictError
 
@@ -97,6 +98,8 @@ class Optimizer:
         name = type(self).__name__
         self.defaults: dict[str, Any] = H.resolve(self._spec.hypers, hypers, name)
         self._check_requires(self.defaults)
+        if backend is not None:
+            get_backend(backend)  # an unknown or unavailable backend fails here, not at step
         self.backend = backend
         self.param_groups: list[dict[str, Any]] = []
         # A defaultdict, as in torch: opt.state[p] of a param that has not stepped is {}.
@@ -122,8 +125,6 @@ class Optimizer:
     @classmethod
     def source(cls, backend: str = "numpy", *, t: int = 1, **hypers: Any) -> str:
         """The exact kernel source that runs for these hypers (defaults otherwise) at step t."""
-        from .backend import get as get_backend
-
         values = H.resolve(cls._spec.hypers, hypers, cls.__name__)
         path = cls._spec.host["decide"](values, t)
         return cls._spec.kernel(get_backend(backend), path).source

@@ -139,7 +139,8 @@ def test_numpy_scalars_are_accepted():
     assert group["betas"] == (0.8, 0.9) and group["amsgrad"] is True
 
 
-def test_unknown_backend():
-    with pytest.raises(optdsl.OptdslError, match="unknown backend 'nope'"):
-        p = Param(np.ones(3), grad=np.ones(3))
-        Adam([p], backend="nope").step()
+def test_unknown_backend_fails_at_construction():
+    p = Param(np.ones(3), grad=np.ones(3))
+    with pytest.raises(optdsl.OptdslError, match="unknown backend 'nope'; known: numpy"):
+        Adam([p], backend="nope")
+    Adam([p], backend="numpy").step()
