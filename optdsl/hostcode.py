@@ -14,6 +14,7 @@ from .errors import InternalCompilerError
 from .ir import CONSTANTS, Program
 from .ops import UFUNC
 from .render import constant, ident, number, quoted_ident
+from .syntax import line_comment
 
 _BUILTIN_NAMES = {"t": "_t", "p": "_p"}
 
@@ -24,6 +25,7 @@ class _AstRenderer:
     def __init__(self, checked: CheckedSpec, tensors: set[str] = frozenset()):
         self.checked = checked
         self.tensors = tensors
+        self.notes = S.statement_lines(checked.spec)
 
     def expr(self, e: S.Expr) -> str:
         if isinstance(e, S.Num):
@@ -176,14 +178,16 @@ def _render_decide_block(stmts, r: _AstRenderer, tensors: set[str], out: list[st
             if host:
                 targets = ", ".join(", ".join(ident(n) for n in t.split(", ")) for t, _ in host)
                 values = ", ".join(r.expr(v) for _, v in host)
-                out.append(f"{indent}{targets} = {values}  # line {stmt.span.line}")
+                out.append(f"{indent}{targets} = {values}  "
+                           f"{line_comment(stmt.span.line, r.notes)}")
             continue
         n = len(stmt.branches)
         before = set(tensors)
         after: set[str] = set()
         for i, (cond, body) in enumerate(stmt.branches):
             word = "if" if i == 0 else "elif"
-            out.append(f"{indent}{word} _truth({r.expr(cond)}):  # line {cond.span.line}")
+            out.append(f"{indent}{word} _truth({r.expr(cond)}):  "
+                       f"{line_comment(cond.span.line, r.notes)}")
             out.append(f"{indent}    path.append({i})")
             branch = set(before)
             _render_decide_block(body, r, branch, out, indent + "    ")
@@ -199,14 +203,19 @@ def _render_decide_block(stmts, r: _AstRenderer, tensors: set[str], out: list[st
 
 def render_host_args(program: Program) -> list[str]:
     """The lines of ``def host_args(h, t)`` for a hoisted program."""
+    notes = dict(program.notes)
     out = ["def host_args(h, t):",
            '    """The kernel\'s scalar arguments for this step, in float64."""']
-    names = {}
-    for ins in program.host:
+    names, last = {}, None
+    # Inputs (hypers, t, constants) first, then the arithmetic grouped by source line.
+    leaves = [i for i in program.host if not i.args]
+    for ins in leaves + [i for i in program.host if i.args]:
         v = f"x{ins.out.id}"
         names[ins.out.id] = v
         a = [names[x.id] for x in ins.args]
-        line = f"  # line {ins.span.line}" if ins.span else ""
+        if ins.span is not None and ins.span.line != last:
+            out.append("    " + line_comment(ins.span.line, notes))
+            last = ins.span.line
         if ins.op == "const":
             rhs = f"_f({number(ins.attr)})" if isinstance(ins.attr, float) \
                 else constant(ins.attr)
@@ -230,7 +239,7 @@ def render_host_args(program: Program) -> list[str]:
             rhs = f"_ops.rsqrt({a[0]})"
         else:
             rhs = f"_np.{UFUNC[ins.op]}({', '.join(a)})"
-        out.append(f"    {v} = {rhs}{line}")
+        out.append(f"    {v} = {rhs}")
     ret = "".join(f"{names[v.id]}, " for v in program.kernel_args)
     out.append(f"    return ({ret})")
     return out

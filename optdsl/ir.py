@@ -165,6 +165,8 @@ class Program:
     kernel_args: tuple[Var, ...] = ()
     hoisted: bool = False
     slots: tuple[tuple[int, str], ...] | None = None
+    # line -> the spec's statement on it, re-rendered from the tree (for comments only)
+    notes: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
 
     def with_(self, **changes) -> Program:
         return replace(self, **changes)

@@ -95,7 +95,8 @@ def lower(checked: CheckedSpec, path: Path) -> Program:
         loaded = b.cache.get(("load", name))
         if var is not loaded:
             outputs.append((name, var))
-    return Program(spec.name, tuple(b.instrs), tuple(outputs))
+    notes = tuple(sorted(S.statement_lines(spec).items()))
+    return Program(spec.name, tuple(b.instrs), tuple(outputs), notes=notes)
 
 
 def _lower_block(stmts, env: dict[str, Var], decisions: list[int], b: _Builder) -> None:

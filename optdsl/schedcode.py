@@ -10,6 +10,7 @@ from . import syntax as S
 from .checker import SCHEDULE_BUILTINS, SCHEDULE_GROUP_VALUES, CheckedSpec
 from .hostcode import _AstRenderer, _hyper_prologue, _names_in, render_requires
 from .render import ident, quoted_ident
+from .syntax import line_comment
 
 
 def render_schedule_module(checked: CheckedSpec) -> str:
@@ -64,11 +65,13 @@ def _render_block(stmts, r: _AstRenderer, out: list[str], indent: str) -> None:
     for stmt in stmts:
         if isinstance(stmt, S.Assign):
             targets = ", ".join(ident(t) for t in stmt.targets)
-            out.append(f"{indent}{targets} = {r.expr(stmt.value)}  # line {stmt.span.line}")
+            out.append(f"{indent}{targets} = {r.expr(stmt.value)}  "
+                       f"{line_comment(stmt.span.line, r.notes)}")
             continue
         for i, (cond, body) in enumerate(stmt.branches):
             word = "if" if i == 0 else "elif"
-            out.append(f"{indent}{word} _truth({r.expr(cond)}):  # line {cond.span.line}")
+            out.append(f"{indent}{word} _truth({r.expr(cond)}):  "
+                       f"{line_comment(cond.span.line, r.notes)}")
             _render_block(body, r, out, indent + "    ")
         if stmt.orelse is not None:
             out.append(f"{indent}else:")

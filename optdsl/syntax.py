@@ -191,3 +191,97 @@ def walk_expr(expr: Expr):
         children = (expr.test, expr.body, expr.orelse)
     for child in children:
         yield from walk_expr(child)
+
+
+# --- re-rendering, for comments in generated code ------------------------------------------
+# Generated code may hold only validated identifiers and re-rendered numbers, so these
+# functions rebuild source-like text from the tree (never copying the user's text): names
+# come from the grammar's NAME terminal, numbers from floats, operators from fixed tables,
+# and a string literal is shown as <string>.
+
+_PRECEDENCE = {"ifexp": 0, "or": 1, "and": 2, "not": 3, "compare": 4, "add": 5, "sub": 5,
+               "mul": 6, "div": 6, "neg": 7, "pow": 8}
+_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "and": "and",
+            "or": "or", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+def _number_text(value: float) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "nan"
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _precedence(e: Expr) -> int:
+    if isinstance(e, IfExp):
+        return 0
+    if isinstance(e, Compare):
+        return 4
+    if isinstance(e, (Binary, Unary)):
+        return _PRECEDENCE[e.op]
+    return 9
+
+
+def unparse(e: Expr) -> str:
+    """Source-like text of an expression, rebuilt from the tree."""
+    def wrap(child: Expr, minimum: int) -> str:
+        text = unparse(child)
+        return f"({text})" if _precedence(child) < minimum else text
+
+    if isinstance(e, Num):
+        return _number_text(e.value)
+    if isinstance(e, Bool):
+        return "True" if e.value else "False"
+    if isinstance(e, Str):
+        return "<string>"
+    if isinstance(e, Name):
+        return e.id
+    if isinstance(e, Tuple):
+        return "(" + ", ".join(unparse(i) for i in e.items) + ("," if len(e.items) == 1
+                                                               else "") + ")"
+    if isinstance(e, Index):
+        return f"{wrap(e.value, 9)}[{int(e.index)}]"
+    if isinstance(e, Call):
+        return f"{e.func}(" + ", ".join(unparse(a) for a in e.args) + ")"
+    if isinstance(e, Unary):
+        if e.op == "not":
+            return f"not {wrap(e.operand, 3)}"
+        return f"-{wrap(e.operand, 7)}"
+    if isinstance(e, Binary):
+        p = _PRECEDENCE[e.op]
+        if e.op == "pow":  # right-associative
+            return f"{wrap(e.left, p + 1)} ** {wrap(e.right, p)}"
+        return f"{wrap(e.left, p)} {_SYMBOLS[e.op]} {wrap(e.right, p + 1)}"
+    if isinstance(e, Compare):
+        parts = [wrap(e.operands[0], 5)]
+        for op, operand in zip(e.ops, e.operands[1:], strict=False):
+            parts += [_SYMBOLS[op], wrap(operand, 5)]
+        return " ".join(parts)
+    if isinstance(e, IfExp):
+        return f"{wrap(e.body, 1)} if {wrap(e.test, 1)} else {unparse(e.orelse)}"
+    return "?"
+
+
+def line_comment(line: int, notes: dict[int, str]) -> str:
+    """``# line 12: exp_avg = b1 * exp_avg + ...`` (the text re-rendered, never copied)."""
+    text = notes.get(line)
+    return f"# line {line}: {text}" if text else f"# line {line}"
+
+
+def statement_lines(spec: Spec) -> dict[int, str]:
+    """Line number -> re-rendered statement, for every statement of the update block."""
+    lines: dict[int, str] = {}
+
+    def visit(stmts) -> None:
+        for stmt in stmts:
+            if isinstance(stmt, Assign):
+                lines[stmt.span.line] = f"{', '.join(stmt.targets)} = {unparse(stmt.value)}"
+                continue
+            for i, (cond, body) in enumerate(stmt.branches):
+                lines[cond.span.line] = f"{'if' if i == 0 else 'elif'} {unparse(cond)}:"
+                visit(body)
+            visit(stmt.orelse or ())
+
+    visit(spec.body)
+    return lines

@@ -19,6 +19,7 @@ from ..hostcode import render_host_args
 from ..ir import Program
 from ..ops import UFUNC, quiet
 from ..render import ident, number, quoted_ident
+from ..syntax import line_comment
 from . import Backend, Kernel, register
 
 # Elements per chunk. Each ufunc call costs about a microsecond of Python, and with
@@ -82,6 +83,7 @@ class NumpyBackend(Backend):
         from .. import __version__
 
         slots = dict(program.slots)
+        notes = dict(program.notes)
         consts = {i.out.id: i.attr for i in program.host if i.op == "const"}
         args = {v.id: f"a{k}" for k, v in enumerate(program.kernel_args)}
 
@@ -93,15 +95,15 @@ class NumpyBackend(Backend):
                 return repr(bool(value)) if isinstance(value, bool) else number(value)
             return args[v.id]
 
-        body = []
+        body, last = [], None
         for ins in program.body:
             if ins.op == "load":
                 continue
-            line = _format(ins.op, _slot_name(slots[ins.out.id]),
-                           [operand(a) for a in ins.args])
-            if ins.span is not None:
-                line += f"  # line {ins.span.line}"
-            body.append(line)
+            if ins.span is not None and ins.span.line != last:
+                body.append(line_comment(ins.span.line, notes))  # heads its group of ops
+                last = ins.span.line
+            body.append(_format(ins.op, _slot_name(slots[ins.out.id]),
+                                [operand(a) for a in ins.args]))
         for name, var in program.outputs:
             target = f"out:{name}"
             if slots[var.id] != target:

@@ -207,7 +207,10 @@ def _template_comment_patterns() -> list[re.Pattern]:
     """The comment lines of the NumPy template, with its placeholders as patterns."""
     holes = {"{{ version }}": r"[\w.+]+", "{{ kind }}": "(optimizer|schedule)",
              "{{ name }}": r"[A-Za-z_]\w*", "{{ path }}": r"\[[\d, ]*\]"}
-    patterns = [re.compile(r"# line \d+")]
+    # "# line N: <statement>": the statement re-rendered from the tree (syntax.unparse):
+    # names, numbers, fixed operators, and <string> where the spec had a string literal.
+    token = r"(?:[A-Za-z_]\w*|\d[\w.+-]*|<string>|\*\*|[-+*/<>=!]=?|[(),\[\]:]| )"
+    patterns = [re.compile(rf"# line \d+(?:: {token}+)?")]
     for line in (data_dir("codegen") / "numpy.py.j2").read_text().splitlines():
         line = line.strip()
         if line.startswith("#"):
