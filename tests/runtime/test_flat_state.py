@@ -84,6 +84,14 @@ def _continue_reference(opt, p, step, which, vmax=None):
     )
 
 
+def _assert_follows(opt, params, expected) -> None:
+    """Params and Adam's moments equal the written-out reference's."""
+    for p, (rp, rm, rv, _) in zip(params, expected, strict=True):
+        assert_close(p.data, rp)
+        assert_close(opt.state[p]["exp_avg"], rm)
+        assert_close(opt.state[p]["exp_avg_sq"], rv)
+
+
 def test_editing_a_state_view_in_place_changes_the_state():
     a, b = params_from(make_arrays())
     opt = _adam([a, b])
@@ -93,10 +101,7 @@ def test_editing_a_state_view_in_place_changes_the_state():
     assert np.all(opt.state[a]["exp_avg"].base[0, :12] == 0.25)  # it was the buffer
     expected = [_continue_reference(opt, p, 4, i) for i, p in enumerate((a, b))]
     train(opt, [a, b], 4, 4)
-    for p, (rp, rm, rv, _) in zip((a, b), expected, strict=True):
-        assert_close(p.data, rp)
-        assert_close(opt.state[p]["exp_avg"], rm)
-        assert_close(opt.state[p]["exp_avg_sq"], rv)
+    _assert_follows(opt, (a, b), expected)
 
 
 def test_replacing_a_state_array_is_honoured():
@@ -108,10 +113,7 @@ def test_replacing_a_state_array_is_honoured():
     opt.state[b]["exp_avg_sq"] = np.full(5, 3, dtype=np.float32)  # another dtype: cast
     expected = [_continue_reference(opt, p, 4, i) for i, p in enumerate((a, b))]
     train(opt, [a, b], 4, 4)
-    for p, (rp, rm, rv, _) in zip((a, b), expected, strict=True):
-        assert_close(p.data, rp)
-        assert_close(opt.state[p]["exp_avg"], rm)
-        assert_close(opt.state[p]["exp_avg_sq"], rv)
+    _assert_follows(opt, (a, b), expected)
     # Re-homed into the flat buffer, which keeps one buffer per group.
     assert opt.state[a]["exp_avg"].base is opt.state[b]["exp_avg"].base
     assert opt.state[b]["exp_avg_sq"].dtype == np.float64

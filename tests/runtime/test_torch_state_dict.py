@@ -73,6 +73,15 @@ def test_continue_from_a_torch_state_dict(name, cls, kwargs):
                 )
 
 
+def _step_both(topt, tensors, opt, params, steps) -> None:
+    """Step torch and optdsl side by side on the same gradients."""
+    for step in steps:
+        _torch_step(topt, tensors, step)
+        for i, p in enumerate(params):
+            p.grad = grad(step, p.data, i)
+        opt.step()
+
+
 def test_float32_torch_adam_state_into_float32_params():
     arrays = make_arrays(np.float32, seed=6)
     tensors = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in arrays]
@@ -84,11 +93,7 @@ def test_float32_torch_adam_state_into_float32_params():
     opt.load_state_dict(topt.state_dict())
     assert opt.state[params[0]]["exp_avg"].dtype == np.float32
     assert opt.state[params[0]]["step"] == 2
-    for step in range(3, 6):
-        _torch_step(topt, tensors, step)
-        for i, p in enumerate(params):
-            p.grad = grad(step, p.data, i)
-        opt.step()
+    _step_both(topt, tensors, opt, params, range(3, 6))
     for p, t in zip(params, tensors, strict=True):
         np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-5, atol=1e-6)
 
@@ -104,10 +109,6 @@ def test_torch_adagrad_state_from_before_any_step():
     params = [Param(a.copy()) for a in arrays]
     opt = Adagrad(params)
     opt.load_state_dict(sd)
-    for step in range(1, 4):
-        _torch_step(topt, tensors, step)
-        for i, p in enumerate(params):
-            p.grad = grad(step, p.data, i)
-        opt.step()
+    _step_both(topt, tensors, opt, params, range(1, 4))
     for p, t in zip(params, tensors, strict=True):
         np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-10, atol=1e-13)
