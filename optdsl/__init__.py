@@ -19,6 +19,7 @@ from .errors import (  # noqa: E402
     InternalCompilerError,
     OptdslError,
     ParseError,
+    ScheduleError,
     SpecError,
     StateDictError,
 )
@@ -32,6 +33,7 @@ def backends() -> list[str]:
 
 __all__ = [
     "compile", "backends", "Param", "Optimizer", "OptdslError", "SpecError", "ParseError",
-    "CheckError", "HyperError", "HyperTypeError", "StateDictError", "InternalCompilerError",
+    "CheckError", "HyperError", "HyperTypeError", "ScheduleError", "StateDictError",
+    "InternalCompilerError",
     "set_num_threads", "num_threads", "__version__",
 ]

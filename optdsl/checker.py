@@ -41,6 +41,9 @@ OPTIMIZER_BUILTINS = {"p": TENSOR_FLOAT, "g": TENSOR_FLOAT, "t": HOST_FLOAT}
 SCHEDULE_BUILTINS = {"epoch": HOST_FLOAT, "base_lr": HOST_FLOAT, "metric": HOST_FLOAT,
                      "lr": HOST_FLOAT}
 SCHEDULE_GROUP_VALUES = ("lr",)
+# Functions only a schedule may call: count(tuple, x), how many items of a tuple hyper
+# equal x (MultiStepLR's milestones).
+SCHEDULE_FUNCTIONS = {"count": (2, 2)}
 HYPER_TYPES = ("float", "int", "bool", "str", "tuple")
 
 
@@ -64,6 +67,7 @@ def check(spec: S.Spec) -> CheckedSpec:
     """Run every check in order; raise CheckError listing all problems."""
     diags, hypers = check_declarations(spec)
     diags += check_states(spec, hypers)
+    diags += check_groups(spec, hypers)
     diags += check_requires(spec, hypers)
     diags += check_update(spec, hypers)
     if diags:
@@ -105,10 +109,19 @@ def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperI
         diags.append(Diagnostic(src, span, message, hint))
 
     seen: dict[str, int] = {}
-    reserved = set(_builtin_names(spec)) | set(FUNCTIONS) | set(CONSTANTS)
+    reserved = set(_builtin_names(spec)) | set(FUNCTIONS) | set(CONSTANTS) \
+        | set(SCHEDULE_FUNCTIONS)
     hypers: dict[str, HyperInfo] = {}
-    for decl in (*spec.hypers, *spec.states):
-        kind = "hyper" if isinstance(decl, S.HyperDecl) else "state"
+    for decl in (*spec.hypers, *spec.states, *spec.groups):
+        kind = {S.HyperDecl: "hyper", S.StateDecl: "state", S.GroupDecl: "group"}[type(decl)]
+        if isinstance(decl, S.GroupDecl) and spec.kind != "schedule":
+            fail(decl.span, "'group' declarations are for schedules",
+                 "an optimizer reads its group's values as hypers")
+            continue
+        if isinstance(decl, S.GroupDecl) and decl.name in SCHEDULE_GROUP_VALUES:
+            fail(decl.span, f"{decl.name!r} is always available in a schedule",
+                 "remove this line")
+            continue
         if decl.name in seen:
             fail(decl.span, f"duplicate declaration of {decl.name!r}",
                  f"it is already declared at line {seen[decl.name]}")
@@ -162,10 +175,9 @@ def _hyper_info(decl: S.HyperDecl) -> HyperInfo:
         htype = "float"
     else:
         htype = {bool: "bool", str: "str", float: "float", tuple: "tuple"}[type(default)]
-    n = len(default) if isinstance(default, tuple) else 0
-    if htype == "tuple" and default is REQUIRED:
-        raise _Fail(decl.span, f"tuple hyper {decl.name!r} needs a default",
-                    "the default fixes its length")
+    # A tuple's length comes from its default; declared ': tuple', it may have any length
+    # (and can then only be passed to count(), not unpacked or indexed).
+    n = len(default) if isinstance(default, tuple) and decl.type is None else -1
     b = decl.bounds
     info = HyperInfo(decl.name, htype, default, n)
     if b is not None:
@@ -224,6 +236,7 @@ class _Scope:
         self.spec = spec
         self.hypers = hypers
         self.states = {s.name: s for s in spec.states}
+        self.groups = {g.name: g for g in spec.groups if g.name not in SCHEDULE_GROUP_VALUES}
         self.builtins = _builtin_names(spec)
         # Hypers including those whose declaration failed (so their uses are not reported
         # again), but not those that shadow a built-in: those names mean the built-in.
@@ -235,7 +248,7 @@ class _Scope:
 
     def visible(self) -> set[str]:
         names = set(self.hypers) | set(CONSTANTS) | set(self.env)
-        names |= set(self.builtins) | set(self.states)
+        names |= set(self.builtins) | set(self.states) | set(self.groups)
         if self.allowed is not None:
             names &= self.allowed
         return names
@@ -243,10 +256,12 @@ class _Scope:
     def lookup(self, node: S.Name) -> Type | None:
         name = node.id
         if self.allowed is not None and name not in self.allowed and (
-                name in self.builtins or name in self.states or name in self.env):
+                name in self.builtins or name in self.states or name in self.env
+                or name in self.groups):
             raise _Fail(node.span, f"{name!r} cannot be used here",
                         "only hypers, constants and p are allowed" if "p" in self.allowed
-                        else "only hypers and constants are allowed")
+                        else "only hypers, constants and epoch are allowed"
+                        if "epoch" in self.allowed else "only hypers and constants are allowed")
         if name in self.env:
             b = self.env[name]
             if not b.definite:
@@ -261,6 +276,9 @@ class _Scope:
                             f"{_show(decl.cond)}",
                             f"use it inside 'if {_show(decl.cond)}:'")
             return TENSOR_FLOAT if self.spec.kind == "optimizer" else HOST_FLOAT
+        if name in self.groups:
+            self._check_group_cond(self.groups[name], node.span, "use")
+            return HOST_FLOAT
         if name in self.builtins:
             return self.builtins[name]
         if name in self.hypers:
@@ -274,9 +292,16 @@ class _Scope:
         if self.spec.kind == "schedule" and name in OPTIMIZER_BUILTINS:
             raise _Fail(node.span, f"{name!r} is not available in a schedule",
                         "a schedule runs on the host once per step and sees epoch, "
-                        "base_lr, metric and the group's lr")
+                        "base_lr, metric, the group's lr and the group values it declares")
         hint = _did_you_mean(name, self.visible())
+        if hint is None and self.spec.kind == "schedule" and self.allowed is None:
+            hint = f"to use the param group's value, declare 'group {name}'"
         raise _Fail(node.span, f"unknown name {name!r}", hint)
+
+    def _check_group_cond(self, decl: S.GroupDecl, span: Span, verb: str) -> None:
+        if decl.cond is not None and not _conjuncts(decl.cond) <= self.facts:
+            raise _Fail(span, f"group value {decl.name!r} exists only if {_show(decl.cond)}",
+                        f"{verb} it inside 'if {_show(decl.cond)}:'")
 
     def type_of(self, e: S.Expr) -> Type | None:
         """The type of ``e``; None when a name in it already failed (no cascade)."""
@@ -298,6 +323,9 @@ class _Scope:
                 return None
             if t.elem != "tuple":
                 raise _Fail(e.span, "only a tuple can be indexed")
+            if t.n < 0:
+                raise _Fail(e.span, "a tuple of any length cannot be indexed",
+                            "pass it to count(), or give the hyper a default to fix its length")
             if e.index >= t.n:
                 raise _Fail(e.span, f"index {e.index} is out of range for a tuple of {t.n}")
             return HOST_FLOAT
@@ -336,6 +364,8 @@ class _Scope:
             raise _Fail(node.span, _user_op_names(exc.message, op), exc.hint) from None
 
     def _call(self, e: S.Call) -> Type | None:
+        if e.func in SCHEDULE_FUNCTIONS:
+            return self._schedule_call(e)
         if e.func not in FUNCTIONS:
             known = self.visible() - set(FUNCTIONS)
             if e.func in known:
@@ -368,6 +398,19 @@ class _Scope:
             return self._apply(e, "where", e.args)
         return self._apply(e, e.func, e.args)
 
+    def _schedule_call(self, e: S.Call) -> Type | None:
+        if self.spec.kind != "schedule":
+            raise _Fail(e.func_span, f"{e.func}() is available in schedules only")
+        if len(e.args) != 2:
+            raise _Fail(e.span, f"{e.func}() takes 2 arguments, got {len(e.args)}")
+        items, x = (self.type_of(a) for a in e.args)
+        if items is not None and items.elem != "tuple":
+            raise _Fail(e.args[0].span, f"count() counts the items of a tuple, not "
+                        f"{_describe(items)}")
+        if x is not None and x.elem != "float":
+            raise _Fail(e.args[1].span, f"count() looks for a number, not {_describe(x)}")
+        return HOST_FLOAT if None not in (items, x) else None
+
     def condition(self, e: S.Expr, what: str) -> Type | None:
         """A host condition (``if``, ``a if c else b``): a host bool, or a host number."""
         t = self.type_of(e)
@@ -386,7 +429,7 @@ class _Scope:
 
 
 # IR op names as the user writes them, for messages from ir.result_type.
-_OP_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "neg": "-",
+_OP_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "mod": "%", "pow": "**", "neg": "-",
                "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 
@@ -398,7 +441,7 @@ def _user_op_names(message: str, op: str) -> str:
 
 def _describe(t: Type) -> str:
     if t.elem == "tuple":
-        return f"a tuple of {t.n}"
+        return f"a tuple of {t.n}" if t.n >= 0 else "a tuple"
     if t.elem == "str":
         return "a string"
     return f"{'an elementwise' if t.is_tensor else 'a host'} {t.elem}"
@@ -451,10 +494,26 @@ def check_states(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]
     return diags
 
 
-def check_requires(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
+def check_groups(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
+    """A group value's condition is a host expression of the hypers."""
     diags = []
-    for decl in spec.requires:
+    for decl in spec.groups:
+        if decl.cond is None:
+            continue
         scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS))
+        try:
+            scope.condition(decl.cond, "a group value's condition")
+        except _Fail as exc:
+            diags.append(Diagnostic(spec.source, exc.span, exc.message, exc.hint))
+    return diags
+
+
+def check_requires(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]:
+    """Conditions on the hypers; a schedule's may also use ``epoch`` (checked each step)."""
+    diags = []
+    extra = {"epoch"} if spec.kind == "schedule" else set()
+    for decl in spec.requires:
+        scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS) | extra)
         try:
             scope.condition(decl.cond, "a 'require' condition")
         except _Fail as exc:
@@ -504,6 +563,9 @@ def _check_assign(stmt: S.Assign, scope: _Scope) -> None:
             elif t.elem != "tuple":
                 raise _Fail(stmt.value.span, f"cannot unpack {_describe(t)} into "
                             f"{len(targets)} names", "only a tuple can be unpacked")
+            elif t.n < 0:
+                raise _Fail(stmt.value.span, "a tuple of any length cannot be unpacked",
+                            "pass it to count(), or give the hyper a default to fix its length")
             elif t.n != len(targets):
                 raise _Fail(stmt.span, f"cannot unpack a tuple of {t.n} into "
                             f"{len(targets)} names",
@@ -514,7 +576,7 @@ def _check_assign(stmt: S.Assign, scope: _Scope) -> None:
         types = [scope.type_of(stmt.value)]
     for name, span, t in zip(targets, spans, types, strict=False):
         _check_target(name, span, t, scope)
-        if name in scope.states or name in scope.builtins:
+        if name in scope.states or name in scope.builtins or name in scope.groups:
             continue
         scope.env[name] = _Binding(t, True, span.line)
 
@@ -537,9 +599,12 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
         if decl.cond is not None and not _conjuncts(decl.cond) <= scope.facts:
             raise _Fail(span, f"state {name!r} exists only if {_show(decl.cond)}",
                         f"assign it inside 'if {_show(decl.cond)}:'")
+    if name in scope.groups:
+        scope._check_group_cond(scope.groups[name], span, "assign")
     if t is None:
         return
-    if scope.spec.kind == "schedule" and (name in scope.states or name in scope.builtins):
+    if scope.spec.kind == "schedule" and (name in scope.states or name in scope.builtins
+                                          or name in scope.groups):
         if t.elem != "float":
             raise _Fail(span, f"{name!r} must hold a number, not {_describe(t)}")
         return

@@ -127,6 +127,11 @@ class HyperTypeError(HyperError, TypeError):
     """A hyperparameter keyword that is unknown, missing, or of the wrong type."""
 
 
+class ScheduleError(OptdslError, ValueError):
+    """A schedule stepped wrongly: without the metric it reads, past its end, or after the
+    optimizer's param groups changed."""
+
+
 class StateDictError(OptdslError, ValueError):
     """A state_dict that does not fit this optimizer. The optimizer was left untouched."""
 

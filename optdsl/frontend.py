@@ -112,7 +112,7 @@ def _decl_span(meta, *parts) -> Span:
     return Span(meta.line, meta.column, last.end_line, last.end_column)
 
 
-_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "%": "mod"}
 _CMPOPS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 
 
@@ -145,7 +145,7 @@ class _ToAst(Transformer):
     # --- file structure -------------------------------------------------------------
     def start(self, meta, children):
         kind, name, name_span = children[0]
-        doc, hypers, states, requires, body = "", [], [], [], None
+        doc, hypers, states, requires, groups, body = "", [], [], [], [], None
         for child in children[1:]:
             if isinstance(child, str):
                 doc = child
@@ -155,13 +155,15 @@ class _ToAst(Transformer):
                 states.append(child)
             elif isinstance(child, S.RequireDecl):
                 requires.append(child)
+            elif isinstance(child, S.GroupDecl):
+                groups.append(child)
             elif isinstance(child, tuple):
                 body = child
         if body is None:
             self._fail(name_span, f"{kind} {name!r} has no 'update:' block",
                        "add 'update:' after the declarations, with the rule indented below")
         return S.Spec(kind, name, doc, tuple(hypers), tuple(states), tuple(requires), body,
-                      self.source, _span(meta), name_span)
+                      self.source, _span(meta), name_span, tuple(groups))
 
     def header(self, meta, children):
         kind, name = children
@@ -202,6 +204,19 @@ class _ToAst(Transformer):
     def state_decl(self, meta, children):
         name, init, cond = children
         return S.StateDecl(str(name), init, cond, _decl_span(meta, name, init, cond))
+
+    def group_decl(self, meta, children):
+        name, alt, index, cond = children
+        if (alt is None) != (index is None):  # pragma: no cover - the grammar pairs them
+            self._fail(_span(meta), "malformed group declaration")
+        position = None
+        if index is not None:
+            position = float(index)
+            if not position.is_integer():
+                self._fail(token_span(index), "a tuple index must be a whole number")
+            position = int(position)
+        return S.GroupDecl(str(name), str(alt) if alt is not None else None, position, cond,
+                           _decl_span(meta, name, alt, index, cond))
 
     def require_decl(self, meta, children):
         cond, message = children

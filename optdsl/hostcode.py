@@ -72,7 +72,7 @@ class _AstRenderer:
         args = ", ".join(self.expr(o) for o in operands)
         if op in ("eq", "ne"):
             return f"_ops.apply({op!r}, {args})"
-        if op in ("rsqrt", "where"):
+        if op in ("rsqrt", "where", "count"):
             return f"_ops.{op}({args})"
         return f"_np.{UFUNC[op]}({args})"
 
@@ -109,11 +109,17 @@ def _hyper_prologue(checked: CheckedSpec, indent: str, nodes) -> list[str]:
     return lines
 
 
-def render_requires(checked: CheckedSpec, r: _AstRenderer) -> list[str]:
-    """``def requires(h)``: the index of the first failing ``require`` line, or -1."""
-    out = ["def requires(h):",
+def render_requires(checked: CheckedSpec, r: _AstRenderer, extra: tuple[str, ...] = ()
+                    ) -> list[str]:
+    """``def requires(h)``: the index of the first failing ``require`` line, or -1. A
+    schedule's takes ``epoch`` too (``extra``), and is checked every step."""
+    conds = [q.cond for q in checked.spec.requires]
+    params = "".join(f", {ident(name)}" for name in extra)
+    out = [f"def requires(h{params}):",
            '    """Index of the first failing require line, or -1."""']
-    out += _hyper_prologue(checked, "    ", [q.cond for q in checked.spec.requires])
+    out += _hyper_prologue(checked, "    ", conds)
+    used = _names_in(conds)
+    out += [f"    {ident(name)} = _f({ident(name)})" for name in extra if name in used]
     for k, req in enumerate(checked.spec.requires):
         out.append(f"    if not _truth({r.expr(req.cond)}):  # line {req.span.line}")
         out.append(f"        return {k}")

@@ -25,7 +25,7 @@ class HyperInfo:
     name: str
     type: str  # "float" | "int" | "bool" | "str" | "tuple"
     default: Any = REQUIRED  # a Python value, or REQUIRED
-    n: int = 0  # tuple length
+    n: int = 0  # tuple length; -1 for a tuple of any length
     lo: float | None = None
     hi: float | None = None
     lo_closed: bool = True
@@ -52,7 +52,10 @@ class HyperInfo:
 
     def describe(self) -> str:
         """``lr: float = 0.001 in [0, inf)`` for docs, ``optdsl list`` and errors."""
-        text = f"{self.name}: {self.type if self.type != 'tuple' else f'tuple[{self.n}]'}"
+        shown = self.type
+        if self.type == "tuple":
+            shown = f"tuple[{self.n}]" if self.n >= 0 else "tuple"
+        text = f"{self.name}: {shown}"
         text += " (required)" if self.required else f" = {self.default!r}"
         rng = self.describe_range()
         return f"{text} {rng}" if rng else text
@@ -100,9 +103,11 @@ def coerce(info: HyperInfo, value: Any, owner: str = "") -> Any:
                              f"{info.describe_range()}")
         return value
     # tuple
-    if not isinstance(value, (tuple, list)) or len(value) != info.n or not all(
+    length_ok = info.n < 0 or (isinstance(value, (tuple, list)) and len(value) == info.n)
+    if not isinstance(value, (tuple, list)) or not length_ok or not all(
             _is_number(v) for v in value):
-        raise HyperTypeError(f"{where}{name} must be a tuple of {info.n} numbers, got {value!r}")
+        what = f"a tuple of {info.n} numbers" if info.n >= 0 else "a tuple (or list) of numbers"
+        raise HyperTypeError(f"{where}{name} must be {what}, got {value!r}")
     value = tuple(_as_float(v, f"{where}invalid {name}: {value!r}") for v in value)
     for i, v in enumerate(value):
         _check_range(info, v, f"{where}invalid {name}[{i}]: {v!r}")

@@ -51,7 +51,8 @@ def join_kind(*types: Type) -> str:
 
 
 # op -> number of operands, for the elementwise operators and built-in functions.
-ARITH_OPS = {"add": 2, "sub": 2, "mul": 2, "div": 2, "pow": 2, "min": 2, "max": 2, "neg": 1,
+ARITH_OPS = {"add": 2, "sub": 2, "mul": 2, "div": 2, "mod": 2, "pow": 2, "min": 2, "max": 2,
+             "neg": 1,
              "sqrt": 1, "rsqrt": 1, "exp": 1, "log": 1, "abs": 1, "sign": 1, "floor": 1,
              "cos": 1, "sin": 1, "tanh": 1}
 COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")

@@ -13,7 +13,8 @@ import numpy as np
 
 # op -> name of the NumPy ufunc that computes it (kernels call these with ``out=``).
 UFUNC = {
-    "add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "power",
+    "add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "mod": "remainder",
+    "pow": "power",
     "min": "minimum", "max": "maximum", "neg": "negative", "sqrt": "sqrt", "exp": "exp",
     "log": "log", "abs": "absolute", "sign": "sign", "floor": "floor", "cos": "cos",
     "sin": "sin", "tanh": "tanh", "lt": "less", "le": "less_equal", "gt": "greater",
@@ -39,6 +40,11 @@ def text(codepoints: tuple[int, ...]) -> str:
 
 def streq(a: str, b: str) -> bool:
     return a == b
+
+
+def count(items: tuple, x) -> np.float64:
+    """How many of ``items`` equal ``x`` (the schedule function ``count``)."""
+    return np.float64(sum(1 for item in items if item == x))
 
 
 FUNCS = {op: getattr(np, name) for op, name in UFUNC.items()}

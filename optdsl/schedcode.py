@@ -2,6 +2,10 @@
 ``sched.step()`` for each param group. Everything in a schedule is a host scalar, so the
 whole update block renders as straight Python (``if``/``elif``/``else`` included) over
 ``numpy.float64``, with the op table of :mod:`optdsl.ops`.
+
+The runtime passes the group values the schedule reads (``lr`` and each ``group``
+declaration, already resolved to a key or a tuple element of the param group) as one dict,
+and writes back what ``schedule_step`` returns.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ def render_schedule_module(checked: CheckedSpec) -> str:
     r = _AstRenderer(checked)
     used = _names_in(spec.body)
     written = _assigned(spec.body)
-    groups = [n for n in SCHEDULE_GROUP_VALUES if n in used or n in written]
+    declared = [g.name for g in spec.groups]
+    groups = [n for n in (*SCHEDULE_GROUP_VALUES, *declared) if n in used or n in written]
     builtins = [n for n in SCHEDULE_BUILTINS if n in used]
     out = ["USED_BUILTINS = (" + "".join(f"{quoted_ident(n)}, " for n in builtins) + ")",
            "", "",
@@ -43,7 +48,16 @@ def render_schedule_module(checked: CheckedSpec) -> str:
     items = ", ".join(f"{quoted_ident(s.name)}: _f({r.expr(s.init)})" for s in spec.states)
     out.append(f"    return {{{items}}}")
     out.append("")
-    out += render_requires(checked, r)
+    out.append("def group_enabled(h):")
+    out.append('    """Which declared group values this schedule uses under these hypers."""')
+    out += _hyper_prologue(checked, "    ", [g.cond for g in spec.groups])
+    out.append("    return {")
+    for g in spec.groups:
+        cond = "True" if g.cond is None else f"_truth({r.expr(g.cond)})"
+        out.append(f"        {quoted_ident(g.name)}: {cond},")
+    out.append("    }")
+    out.append("")
+    out += render_requires(checked, r, extra=("epoch",))
     return "\n".join(out)
 
 

@@ -76,7 +76,7 @@ class Unary(Expr):
 
 @dataclass(frozen=True)
 class Binary(Expr):
-    op: str  # "add" "sub" "mul" "div" "pow" "and" "or"
+    op: str  # "add" "sub" "mul" "div" "mod" "pow" "and" "or"
     left: Expr
     right: Expr
     span: Span = _span()
@@ -149,6 +149,19 @@ class StateDecl:
 
 
 @dataclass(frozen=True)
+class GroupDecl:
+    """``group momentum [or betas[0]] [if cycle_momentum]`` (schedules only): a param-group
+    value the schedule reads and may assign, with an optional fallback to one element of
+    another group value that is a tuple, and an optional condition on the hypers."""
+
+    name: str
+    alt: str | None
+    alt_index: int | None
+    cond: Expr | None
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
 class RequireDecl:
     cond: Expr
     message: str
@@ -169,6 +182,7 @@ class Spec:
     source: SourceFile = field(compare=False, repr=False)
     span: Span = _span()
     name_span: Span = _span()
+    groups: tuple[GroupDecl, ...] = ()
 
 
 def walk_expr(expr: Expr):
@@ -200,8 +214,8 @@ def walk_expr(expr: Expr):
 # and a string literal is shown as <string>.
 
 _PRECEDENCE = {"ifexp": 0, "or": 1, "and": 2, "not": 3, "compare": 4, "add": 5, "sub": 5,
-               "mul": 6, "div": 6, "neg": 7, "pow": 8}
-_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "and": "and",
+               "mul": 6, "div": 6, "mod": 6, "neg": 7, "pow": 8}
+_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "mod": "%", "pow": "**", "and": "and",
             "or": "or", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 

@@ -77,10 +77,10 @@ def test_schedule_state_dict_round_trip_resumes_exactly():
         sched = optdsl.schedules.StepLR(opt, step_size=2, gamma=0.7)
         for _ in range(split):
             sched.step()
-        saved = sched.state_dict()
+        saved, saved_opt = sched.state_dict(), opt.state_dict()
         opt2 = Adam([Param(np.ones(3))], lr=0.1)
-        opt2.param_groups[0]["initial_lr"] = 0.1
         sched2 = optdsl.schedules.StepLR(opt2, step_size=2, gamma=0.7)
+        opt2.load_state_dict(saved_opt)  # the group lrs live in the optimizer, as in torch
         sched2.load_state_dict(saved)
         out = []
         for _ in range(6):
