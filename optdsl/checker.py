@@ -41,6 +41,9 @@ OPTIMIZER_BUILTINS = {"p": TENSOR_FLOAT, "g": TENSOR_FLOAT, "t": HOST_FLOAT}
 SCHEDULE_BUILTINS = {"epoch": HOST_FLOAT, "base_lr": HOST_FLOAT, "metric": HOST_FLOAT,
                      "lr": HOST_FLOAT}
 SCHEDULE_GROUP_VALUES = ("lr",)
+# Built-ins a schedule may assign: the group's lr, and base_lr (the group's initial_lr,
+# which OneCycleLR sets to max_lr / div_factor, as torch's does).
+SCHEDULE_ASSIGNABLE = ("lr", "base_lr")
 # Functions only a schedule may call: count(tuple, x), how many items of a tuple hyper
 # equal x (MultiStepLR's milestones).
 SCHEDULE_FUNCTIONS = {"count": (2, 2)}
@@ -586,7 +589,7 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
         raise _Fail(span, "cannot assign to 't'", "t is the step count kept by the runtime; "
                     "use a new local name")
     if scope.spec.kind == "schedule" and name in scope.builtins \
-            and name not in SCHEDULE_GROUP_VALUES:
+            and name not in SCHEDULE_ASSIGNABLE:
         raise _Fail(span, f"cannot assign to {name!r}", f"{name} is given by the runtime; "
                     "use a new local name")
     if name in scope.declared:

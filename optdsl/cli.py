@@ -1,14 +1,25 @@
-"""The ``optdsl`` command line: compile, check, list, show, demo."""
+"""The ``optdsl`` command line: compile, check, list, show, plot-schedule, demo."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from .errors import OptdslError, SpecError
+from .errors import OptdslError, ScheduleError, SpecError
+
+# One line for each schedule written in Python (optdsl.schedules.PYTHON_SCHEDULES).
+PYTHON_SCHEDULE_SUMMARY = {
+    "LambdaLR": "lr = base_lr * lr_lambda(epoch), for a Python function lr_lambda",
+    "MultiplicativeLR": "lr = lr * lr_lambda(epoch) at every step after the first",
+    "SequentialLR": "runs each schedule in turn, switching at the milestones; each "
+                    "starts over from the base lr",
+    "ChainedScheduler": "steps every schedule each step: their factors multiply",
+}
 
 
 def _load(target: str):
@@ -104,7 +115,24 @@ def cmd_list(args) -> int:
         print(f"{name}  ({schedules.STDLIB[name]})")
         for info in spec.hypers.values():
             print(f"    {info.describe()}")
+    print("\nschedules written in Python (optdsl.schedules; they take callables or other "
+          "schedules)")
+    for name in schedules.PYTHON_SCHEDULES:
+        cls = getattr(schedules, name)
+        print(f"{name}({_arguments(cls)})")
+        print(f"    {PYTHON_SCHEDULE_SUMMARY.get(name) or _first_line(cls.__doc__)}")
     return 0
+
+
+def _arguments(cls: type) -> str:
+    """``optimizer, lr_lambda, last_epoch=-1``: a constructor's arguments, no annotations."""
+    params = inspect.signature(cls).parameters.values()
+    return ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+                     for p in params)
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n", 1)[0].replace("``", "")
 
 
 def cmd_show(args) -> int:
@@ -122,6 +150,162 @@ def cmd_show(args) -> int:
     print(f"{rule}\nkernel ({args.backend})\n{rule}")
     print(spec.kernel(get_backend(args.backend), path).source, end="")
     return 0
+
+
+# --- plot-schedule ---------------------------------------------------------------------
+
+def cmd_plot_schedule(args) -> int:
+    from . import plot
+
+    if args.all:
+        if args.name or args.hypers or args.print:
+            raise OptdslError("--all draws every stdlib schedule with the README's settings; "
+                              "give no schedule, hypers or --print with it")
+        if not args.output:
+            raise OptdslError("--all needs -o FILE.png")
+        _write(plot.plot_gallery, args.output)
+        return 0
+    if args.name is None:
+        raise OptdslError("give a schedule (a stdlib name or a .opt path), or --all")
+    if not args.output and not args.print:
+        raise OptdslError("give -o FILE.png to draw the schedule, or --print to print it")
+    cls = _schedule_class(args.name)
+    hypers = _parse_hypers(args.hypers, cls._spec.hypers)
+    reads_metric = "metric" in cls._spec.host["USED_BUILTINS"]
+    if reads_metric and not args.metrics:
+        raise OptdslError(f"{cls.__name__} reads a metric: give --metrics FILE, one number "
+                          "per line (the value passed to step(metric) at each step)")
+    if args.metrics and not reads_metric:
+        raise OptdslError(f"{cls.__name__} reads no metric; leave out --metrics")
+    metrics = _read_metrics(args.metrics) if args.metrics else None
+    steps = args.steps or _default_steps(hypers, metrics)
+    if metrics is not None and len(metrics) < steps - 1:
+        raise OptdslError(f"{args.metrics} has {len(metrics)} metrics; {steps} steps need "
+                          f"{steps - 1}")
+    from .schedules import preview
+
+    try:
+        values = preview(cls, steps, lr=args.lr, momentum=args.momentum, metrics=metrics,
+                         **hypers)
+    except ScheduleError as exc:  # e.g. OneCycleLR stepped past total_steps
+        raise OptdslError(f"{exc}; show fewer --steps") from None
+    show_momentum = plot.changes(values["momentum"])
+    if args.print:
+        print("step\tlr" + ("\tmomentum" if show_momentum else ""))
+        for i, lr in enumerate(values["lr"]):
+            extra = f"\t{float(values['momentum'][i])!r}" if show_momentum else ""
+            print(f"{i}\t{float(lr)!r}{extra}")
+    if args.output:
+        title = f"{plot.describe(cls.__name__, hypers)}, base lr {args.lr!r}"
+        _write(lambda path: plot.plot_schedule(values, title, path), args.output)
+    return 0
+
+
+def _write(draw, output: str) -> None:
+    try:
+        draw(output)
+    except OSError as exc:
+        raise OptdslError(f"cannot write {output}: {exc.strerror or exc}") from None
+    print(f"wrote {output}", file=sys.stderr)
+
+
+def _schedule_class(name: str) -> type:
+    """A schedule class from a stdlib name or a ``.opt`` path, with errors that say which
+    names exist."""
+    from . import optim, schedules
+    from .api import compile as compile_spec
+
+    if name in schedules.STDLIB:
+        return schedules.load(name)
+    if name in schedules.PYTHON_SCHEDULES:
+        raise OptdslError(f"{name} takes Python callables or other schedules, so it cannot be "
+                          "built from the command line; in Python, sched.preview(steps) gives "
+                          "its values")
+    if name in optim.STDLIB:
+        raise OptdslError(f"{name} is an optimizer, not a schedule")
+    if not Path(name).is_file():
+        raise OptdslError(f"unknown schedule {name!r}: not a stdlib schedule "
+                          f"({', '.join(schedules.STDLIB)}) and no such .opt file")
+    cls = compile_spec(Path(name))
+    if cls._spec.kind != "schedule":
+        raise OptdslError(f"{name} is an optimizer, not a schedule")
+    return cls
+
+
+def _parse_hypers(items: list[str], infos: dict) -> dict:
+    """``["milestones=30,80", "gamma=0.5"]`` -> ``{"milestones": (30, 80), "gamma": 0.5}``.
+
+    Values are Python literals read with ast.literal_eval (never eval): numbers,
+    True/False, quoted strings, and comma lists for tuples; a bare word is a string
+    (``anneal_strategy=linear``). The schedule itself checks names, types and ranges."""
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key.isidentifier() or not text:
+            raise OptdslError(f"bad hyper {item!r}: write NAME=VALUE, e.g. gamma=0.5 or "
+                              "milestones=30,80")
+        if key in out:
+            raise OptdslError(f"{key} is given twice")
+        if key in ("lr", "momentum") and key not in infos:
+            raise OptdslError(f"{key} is not a hyper of this schedule; the starting {key} "
+                              f"is --{key}")
+        info = infos.get(key)
+        if info is not None and info.type == "bool" and text.lower() in ("true", "false"):
+            text = text.capitalize()  # three_phase=true, as a shell user types it
+        value = _literal(text, item)
+        if info is not None and info.type == "tuple" and not isinstance(value, tuple):
+            value = (value,)  # milestones=30
+        elif info is not None and info.type != "tuple" and isinstance(value, tuple):
+            raise OptdslError(f"bad hyper {item!r}: {key} takes one value, not a list")
+        out[key] = value
+    return out
+
+
+def _literal(text: str, item: str):
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        if any(c in text for c in "\"'()[]{},"):
+            raise OptdslError(f"bad hyper {item!r}: cannot read {text!r}") from None
+        return text  # a bare word: anneal_strategy=linear
+    if isinstance(value, list):
+        value = tuple(value)
+    items = value if isinstance(value, tuple) else (value,)
+    if not items or not all(isinstance(v, (bool, int, float, str)) for v in items):
+        raise OptdslError(f"bad hyper {item!r}: a value is a number, True/False, a string, "
+                          "or a comma list of numbers")
+    return value
+
+
+def _read_metrics(path: str) -> list[float]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise OptdslError(f"cannot read {path}: {exc.strerror or exc}") from None
+    metrics = []
+    for n, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            metrics.append(float(text))
+        except ValueError:
+            raise OptdslError(f"{path}:{n}: not a number: {text!r}") from None
+    return metrics
+
+
+def _default_steps(hypers: dict, metrics: list[float] | None) -> int:
+    """One step per metric, else the schedule's own length where it has one
+    (total_steps, or epochs * steps_per_epoch), else 100."""
+    if metrics is not None:
+        return len(metrics) + 1
+    total = hypers.get("total_steps")
+    if not isinstance(total, int) or total <= 0:
+        epochs, per_epoch = hypers.get("epochs"), hypers.get("steps_per_epoch")
+        total = epochs * per_epoch if isinstance(epochs, int) and isinstance(per_epoch, int) \
+            else 0
+    return total if total > 0 else 100
 
 
 def cmd_demo(args) -> int:
@@ -158,6 +342,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="numpy")
     p.set_defaults(func=cmd_show)
 
+    p = sub.add_parser(
+        "plot-schedule", help="draw (or print) the lr a schedule gives, step by step",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Draw the lr (and the momentum, where the schedule changes it) that a "
+        "schedule gives over --steps steps,\nstarting from --lr and --momentum.",
+        epilog="examples:\n"
+        "  optdsl plot-schedule StepLR step_size=30 gamma=0.5 -o lr.png\n"
+        "  optdsl plot-schedule MultiStepLR milestones=30,80 --steps 120 --print\n"
+        "  optdsl plot-schedule OneCycleLR max_lr=0.1 total_steps=100 anneal_strategy=linear "
+        "-o 1cycle.png\n"
+        "  optdsl plot-schedule ReduceLROnPlateau patience=5 --metrics val_loss.txt -o lr.png\n"
+        "  optdsl plot-schedule --all -o docs/schedules.png   # the README's figure\n\n"
+        "Drawing needs matplotlib (pip install 'optdsl[plot]'); --print does not.")
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help="a stdlib schedule name (optdsl list) or a .opt path")
+    p.add_argument("hypers", nargs="*", metavar="KEY=VALUE",
+                   help="the schedule's hypers: numbers, True/False, words or quoted "
+                   "strings, comma lists for tuples (milestones=30,80)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="how many steps to show, counting the start (default: one per "
+                   "--metrics value, else the schedule's total_steps, else 100)")
+    p.add_argument("--lr", type=float, default=0.1, help="the base lr (default 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9,
+                   help="the starting momentum, for schedules that cycle it (default 0.9)")
+    p.add_argument("--metrics", metavar="FILE",
+                   help="the metric given to step(metric) at each step, one number per line "
+                   "(ReduceLROnPlateau)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the plot here (.png, .svg, .pdf)")
+    p.add_argument("--print", action="store_true",
+                   help="print the values, one line per step (needs no matplotlib)")
+    p.add_argument("--all", action="store_true",
+                   help="draw every stdlib schedule in one grid (the README's figure)")
+    p.set_defaults(func=cmd_plot_schedule)
+
     p = sub.add_parser("demo", help="train a small model with a stdlib or .opt optimizer")
     p.add_argument("--optimizer", default="Adam", help="stdlib name or .opt path")
     p.add_argument("--lr", type=float, default=None)
@@ -167,8 +386,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a nargs="*" positional at the first option, so in
+    # `plot-schedule StepLR --steps 50 gamma=0.5` the hyper after the option is left over.
+    if extra and getattr(args, "hypers", None) is not None \
+            and not any(e.startswith("-") for e in extra):
+        args.hypers += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except SpecError as exc:

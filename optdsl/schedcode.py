@@ -11,7 +11,7 @@ and writes back what ``schedule_step`` returns.
 from __future__ import annotations
 
 from . import syntax as S
-from .checker import SCHEDULE_BUILTINS, SCHEDULE_GROUP_VALUES, CheckedSpec
+from .checker import SCHEDULE_ASSIGNABLE, SCHEDULE_BUILTINS, SCHEDULE_GROUP_VALUES, CheckedSpec
 from .hostcode import _AstRenderer, _hyper_prologue, _names_in, render_requires
 from .render import ident, quoted_ident
 from .syntax import line_comment
@@ -31,14 +31,15 @@ def render_schedule_module(checked: CheckedSpec) -> str:
            '    """New group values and schedule state for one step of one group."""']
     out += _hyper_prologue(checked, "    ", spec.body)
     for name in SCHEDULE_BUILTINS:
-        if name in used and name not in SCHEDULE_GROUP_VALUES:
+        if (name in used or name in written) and name not in SCHEDULE_GROUP_VALUES:
             out.append(f"    {ident(name)} = _f({name})")
     for name in groups:
         out.append(f"    {ident(name)} = _f(group[{quoted_ident(name)}])")
     for s in spec.states:
         out.append(f"    {ident(s.name)} = state[{quoted_ident(s.name)}]")
     _render_block(spec.body, r, out, "    ")
-    ret_groups = ", ".join(f"{quoted_ident(n)}: {ident(n)}" for n in groups if n in written)
+    returned = [n for n in (*groups, *SCHEDULE_ASSIGNABLE) if n in written]
+    ret_groups = ", ".join(f"{quoted_ident(n)}: {ident(n)}" for n in dict.fromkeys(returned))
     ret_state = ", ".join(f"{quoted_ident(s.name)}: {ident(s.name)}" for s in spec.states)
     out.append(f"    return {{{ret_groups}}}, {{{ret_state}}}")
     out.append("")

@@ -136,8 +136,8 @@ class LRScheduler:
     # --- state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Plain data (numbers, strings, lists, dicts): JSON-able, no callables."""
-        return {"last_epoch": int(self.last_epoch), "base_lrs": list(self.base_lrs),
-                "_last_lr": list(self._last_lr)}
+        return {"schedule": type(self).__name__, "last_epoch": int(self.last_epoch),
+                "base_lrs": list(self.base_lrs), "_last_lr": list(self._last_lr)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output. Everything is checked before anything
@@ -146,6 +146,13 @@ class LRScheduler:
 
     def _parse_state(self, sd: dict[str, Any]) -> dict[str, Any]:
         name = type(self).__name__
+        if not isinstance(sd, dict):
+            raise StateDictError(f"{name}.load_state_dict: expected a dict, got "
+                                 f"{type(sd).__name__}")
+        saved_as = sd.get("schedule", name)
+        if saved_as != name:
+            raise StateDictError(f"{name}.load_state_dict: this state_dict was saved by "
+                                 f"{saved_as!r}, not {name!r}")
         try:
             parsed = {"last_epoch": int(sd["last_epoch"]),
                       "base_lrs": [float(x) for x in sd["base_lrs"]],
@@ -296,18 +303,35 @@ class Schedule(LRScheduler):
         self._check_requires(self.last_epoch)
         fn = self._spec.host["schedule_step"]
         value = math.nan if metric is None else metric
+        results = []
         with np.errstate(all="ignore"):
             for i, group in enumerate(self.optimizer.param_groups):
                 binding = self._bindings[i]
                 values = {"lr": group["lr"]}
                 for key, where in binding.items():
                     values[key] = math.nan if where is None else _read(group, where)
-                updates, self.state[i] = fn(self.hypers[i], self.last_epoch, self.base_lrs[i],
-                                            value, values, self.state[i])
-                for key, new in updates.items():
-                    where = ("lr", None) if key == "lr" else binding[key]
-                    if where is not None:
-                        _write(group, where, float(new))
+                results.append(fn(self.hypers[i], self.last_epoch, self.base_lrs[i], value,
+                                  values, self.state[i]))
+        # Check every group before writing any: a schedule never writes nan or inf (torch
+        # raises ZeroDivisionError in the same places, e.g. ConstantLR(factor=0)).
+        for i, (updates, _) in enumerate(results):
+            for key, new in updates.items():
+                if key in self._bindings[i] and self._bindings[i][key] is None:
+                    continue  # a group value whose condition is off is never written
+                if not math.isfinite(new):
+                    raise ScheduleError(f"{type(self).__name__}: {key} would become {new} in "
+                                        f"param group {i} at epoch {self.last_epoch}; check "
+                                        "the schedule's arguments")
+        for i, (group, (updates, state)) in enumerate(
+                zip(self.optimizer.param_groups, results, strict=True)):
+            self.state[i] = state
+            for key, new in updates.items():
+                if key == "base_lr":  # the group's initial_lr, as torch's OneCycleLR sets it
+                    self.base_lrs[i] = group["initial_lr"] = float(new)
+                    continue
+                where = ("lr", None) if key == "lr" else self._bindings[i][key]
+                if where is not None:
+                    _write(group, where, float(new))
 
     def _reset(self) -> None:
         self.last_epoch = -1
@@ -447,7 +471,15 @@ class LambdaLR(_LambdaBase):
 
 
 class MultiplicativeLR(_LambdaBase):
-    """``lr = lr * lr_lambda(epoch)`` from epoch 1 on, as torch's MultiplicativeLR."""
+    """``lr = lr * lr_lambda(epoch)`` from epoch 1 on, as torch's MultiplicativeLR.
+
+    It has no closed form, so at a SequentialLR milestone it does what torch's does: it
+    multiplies the current lr by ``lr_lambda(0)`` instead of starting from the base lr."""
+
+    def _restart(self) -> None:
+        self.last_epoch = 0
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = group["lr"] * self._factor(i)
 
     def _advance(self, metric: float | None) -> None:
         self.last_epoch += 1
