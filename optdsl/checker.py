@@ -531,7 +531,47 @@ def check_update(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]
     diags: list[Diagnostic] = []
     scope = _Scope(spec, hypers)
     _check_block(spec.body, scope, diags)
+    if spec.kind == "schedule" and not diags:
+        diags += _unused_schedule_locals(spec, scope)
     return diags
+
+
+def _unused_schedule_locals(spec: S.Spec, scope: _Scope) -> list[Diagnostic]:
+    """A schedule's only effects are the group values and states it assigns, so a local
+    that is never read is a mistake, most often a group value not declared with 'group'."""
+    read = {n.id for n in _walk_reads(spec.body)}
+    out, seen = [], set()
+    for stmt in _walk_assigns(spec.body):
+        spans = stmt.target_spans or (stmt.span,) * len(stmt.targets)
+        for name, span in zip(stmt.targets, spans, strict=False):
+            if name in read or name in seen or name in scope.states or name in scope.groups \
+                    or name in scope.builtins:
+                continue
+            seen.add(name)
+            out.append(Diagnostic(spec.source, span, f"{name!r} is assigned but never used",
+                                  f"to set the param group's {name}, declare 'group {name}'"))
+    return out
+
+
+def _walk_assigns(stmts):
+    for stmt in stmts:
+        if isinstance(stmt, S.Assign):
+            yield stmt
+        else:
+            for _, body in stmt.branches:
+                yield from _walk_assigns(body)
+            yield from _walk_assigns(stmt.orelse or ())
+
+
+def _walk_reads(stmts):
+    for stmt in stmts:
+        if isinstance(stmt, S.Assign):
+            yield from (n for n in S.walk_expr(stmt.value) if isinstance(n, S.Name))
+        else:
+            for cond, body in stmt.branches:
+                yield from (n for n in S.walk_expr(cond) if isinstance(n, S.Name))
+                yield from _walk_reads(body)
+            yield from _walk_reads(stmt.orelse or ())
 
 
 def _check_block(stmts, scope: _Scope, diags: list[Diagnostic]) -> None:

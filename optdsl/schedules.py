@@ -66,10 +66,14 @@ class LRScheduler:
     base_lrs: list[float]
     needs_metric: bool = False
 
-    def _bind(self, optimizer: Any) -> None:
-        name = type(self).__name__
+    def _check_optimizer(self, optimizer: Any) -> None:
         if not hasattr(optimizer, "param_groups"):
-            raise TypeError(f"{name}: {type(optimizer).__name__} is not an optimizer")
+            raise TypeError(f"{type(self).__name__}: {type(optimizer).__name__} is not an "
+                            "optimizer")
+
+    def _bind(self, optimizer: Any) -> None:
+        """Attach to ``optimizer``; the first change a constructor makes, after every check."""
+        self._check_optimizer(optimizer)
         self.optimizer = optimizer
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -182,7 +186,7 @@ class LRScheduler:
         steps = int(steps)
         if steps < 0:
             raise ValueError("preview: steps must be >= 0")
-        if self.needs_metric and (metrics is None or len(metrics) < steps - 1):
+        if self.needs_metric and steps > 1 and (metrics is None or len(metrics) < steps - 1):
             raise ScheduleError(f"{type(self).__name__}.preview: this schedule reads a "
                                 f"metric; pass metrics= with at least {steps - 1} values")
         stub = _GroupsOnly([{k: v for k, v in g.items() if k != "params"}
@@ -246,14 +250,15 @@ class Schedule(LRScheduler):
 
     def __init__(self, optimizer: Any, *, last_epoch: int = -1, **hypers: Any):
         name = type(self).__name__
+        self._check_optimizer(optimizer)
         if last_epoch != -1:
             _check_resume_epoch(optimizer, last_epoch, name)
-        self._bind(optimizer)
         groups = optimizer.param_groups
         self.hypers = _resolve_per_group(self._spec, hypers, len(groups), name)
         self._check_requires(0)
         self._bindings = [self._resolve_groups(i, g, h)
                           for i, (g, h) in enumerate(zip(groups, self.hypers, strict=True))]
+        self._bind(optimizer)
         self.state = [self._spec.host["schedule_init"](h) for h in self.hypers]
         if last_epoch == -1:
             self.last_epoch = -1
@@ -299,8 +304,8 @@ class Schedule(LRScheduler):
         return out
 
     def _advance(self, metric: float | None) -> None:
-        self.last_epoch += 1
-        self._check_requires(self.last_epoch)
+        epoch = self.last_epoch + 1
+        self._check_requires(epoch)  # before anything changes, as the checks below
         fn = self._spec.host["schedule_step"]
         value = math.nan if metric is None else metric
         results = []
@@ -310,8 +315,8 @@ class Schedule(LRScheduler):
                 values = {"lr": group["lr"]}
                 for key, where in binding.items():
                     values[key] = math.nan if where is None else _read(group, where)
-                results.append(fn(self.hypers[i], self.last_epoch, self.base_lrs[i], value,
-                                  values, self.state[i]))
+                results.append(fn(self.hypers[i], epoch, self.base_lrs[i], value, values,
+                                  self.state[i]))
         # Check every group before writing any: a schedule never writes nan or inf (torch
         # raises ZeroDivisionError in the same places, e.g. ConstantLR(factor=0)).
         for i, (updates, _) in enumerate(results):
@@ -320,8 +325,9 @@ class Schedule(LRScheduler):
                     continue  # a group value whose condition is off is never written
                 if not math.isfinite(new):
                     raise ScheduleError(f"{type(self).__name__}: {key} would become {new} in "
-                                        f"param group {i} at epoch {self.last_epoch}; check "
-                                        "the schedule's arguments")
+                                        f"param group {i} at epoch {epoch}; check the "
+                                        "schedule's arguments")
+        self.last_epoch = epoch
         for i, (group, (updates, state)) in enumerate(
                 zip(self.optimizer.param_groups, results, strict=True)):
             self.state[i] = state
@@ -428,9 +434,9 @@ class _LambdaBase(LRScheduler):
     def __init__(self, optimizer: Any, lr_lambda: Callable[[int], float] | Sequence[Callable],
                  last_epoch: int = -1):
         name = type(self).__name__
+        self._check_optimizer(optimizer)
         if last_epoch != -1:
             _check_resume_epoch(optimizer, last_epoch, name)
-        self._bind(optimizer)
         groups = len(optimizer.param_groups)
         if isinstance(lr_lambda, (list, tuple)):
             if len(lr_lambda) != groups:
@@ -443,6 +449,7 @@ class _LambdaBase(LRScheduler):
             if not callable(fn):
                 raise HyperTypeError(f"{name}: lr_lambda must be callable, got "
                                      f"{type(fn).__name__}")
+        self._bind(optimizer)
         if last_epoch == -1:
             self.last_epoch = -1
             self._initial()
@@ -618,7 +625,8 @@ class ChainedScheduler(_Composite):
     def __init__(self, schedulers: Sequence[LRScheduler], optimizer: Any = None):
         if len(schedulers) < 1:
             raise HyperError("ChainedScheduler expects at least one schedule")
-        optimizer = optimizer if optimizer is not None else schedulers[0].optimizer
+        if optimizer is None:
+            optimizer = getattr(schedulers[0], "optimizer", None)
         self._check_children(schedulers, optimizer)
         self._schedulers = list(schedulers)
         self._bind(optimizer)
@@ -662,6 +670,10 @@ def _schedule_class(schedule: str | type) -> type:
         return schedule
     if schedule in STDLIB:
         return load(schedule)
+    if isinstance(schedule, str) and "\n" not in schedule and not schedule.endswith(".opt"):
+        known = ", ".join(STDLIB)
+        raise KeyError(f"no stdlib schedule {schedule!r} (and not a .opt path); available: "
+                       f"{known}")
     from .api import compile as compile_spec
 
     cls = compile_spec(schedule)
