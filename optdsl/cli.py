@@ -15,10 +15,11 @@ from .errors import OptdslError, ScheduleError, SpecError
 # One line for each schedule written in Python (optdsl.schedules.PYTHON_SCHEDULES).
 PYTHON_SCHEDULE_SUMMARY = {
     "LambdaLR": "lr = base_lr * lr_lambda(epoch), for a Python function lr_lambda",
-    "MultiplicativeLR": "lr = lr * lr_lambda(epoch) at every step after the first",
+    "MultiplicativeLR": "lr = lr * lr_lambda(epoch) at each step (not at construction)",
     "SequentialLR": "runs each schedule in turn, switching at the milestones; each "
                     "starts over from the base lr",
-    "ChainedScheduler": "steps every schedule each step: their factors multiply",
+    "ChainedScheduler": "steps every schedule each step, in order: the factors of "
+                        "recursive ones multiply",
 }
 
 
@@ -180,7 +181,7 @@ def cmd_plot_schedule(args) -> int:
     metrics = _read_metrics(args.metrics) if args.metrics else None
     steps = args.steps or _default_steps(hypers, metrics)
     if metrics is not None and len(metrics) < steps - 1:
-        raise OptdslError(f"{args.metrics} has {len(metrics)} metrics; {steps} steps need "
+        raise OptdslError(f"{args.metrics} holds {len(metrics)} values; {steps} steps need "
                           f"{steps - 1}")
     from .schedules import preview
 
@@ -345,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plot-schedule", help="draw (or print) the lr a schedule gives, step by step",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Draw the lr (and the momentum, where the schedule changes it) that a "
-        "schedule gives over --steps steps,\nstarting from --lr and --momentum.",
+        description="Draw the lr that a schedule gives over --steps steps, starting from "
+        "--lr, and\nthe momentum in a second panel where the schedule changes it (from "
+        "--momentum).",
         epilog="examples:\n"
         "  optdsl plot-schedule StepLR step_size=30 gamma=0.5 -o lr.png\n"
         "  optdsl plot-schedule MultiStepLR milestones=30,80 --steps 120 --print\n"
@@ -360,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hypers", nargs="*", metavar="KEY=VALUE",
                    help="the schedule's hypers: numbers, True/False, words or quoted "
                    "strings, comma lists for tuples (milestones=30,80)")
-    p.add_argument("--steps", type=_positive_int, default=None,
+    p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                    help="how many steps to show, counting the start (default: one per "
                    "--metrics value, else the schedule's total_steps, else 100)")
     p.add_argument("--lr", type=float, default=0.1, help="the base lr (default 0.1)")

@@ -27,6 +27,88 @@ def test_list_shows_every_stdlib_optimizer_with_hypers_and_state_bytes(capsys):
     assert "betas: tuple[2] = (0.9, 0.999) in [0, 1)" in out
 
 
+def test_list_shows_every_schedule(capsys):
+    from optdsl import schedules
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, path in schedules.STDLIB.items():
+        assert f"{name}  ({path})" in out
+    assert "milestones: tuple (required) in [0, inf)" in out
+    assert "anneal_strategy: str = 'cos' one of 'cos', 'linear'" in out
+    python_part = out.split("schedules written in Python", 1)[1]
+    for name in schedules.PYTHON_SCHEDULES:
+        assert f"\n{name}(" in python_part
+    assert "LambdaLR(optimizer, lr_lambda, last_epoch=-1)\n    lr = base_lr * lr_lambda(epoch)" \
+        in python_part
+    assert "ChainedScheduler(schedulers, optimizer=None)" in python_part
+
+
+def _printed(capsys) -> list[list[str]]:
+    return [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+
+
+def test_plot_schedule_print_reads_hypers_safely(capsys):
+    # a single milestone is a 1-tuple; an option between hypers; a bare word is a string
+    assert main(["plot-schedule", "MultiStepLR", "milestones=2", "--steps", "4", "--print",
+                 "gamma=0.5"]) == 0
+    assert _printed(capsys) == [["step", "lr"], ["0", "0.1"], ["1", "0.1"], ["2", "0.05"],
+                                ["3", "0.05"]]
+    assert main(["plot-schedule", "MultiStepLR", "milestones=1,3,3", "--steps", "4",
+                 "--lr", "1", "--print"]) == 0
+    assert [row[1] for row in _printed(capsys)[1:]] == ["1.0", "0.1", "0.1",
+                                                       repr(0.1 * 0.1 ** 2)]
+    assert main(["plot-schedule", "OneCycleLR", "max_lr=1.0", "total_steps=10",
+                 "anneal_strategy=linear", "three_phase=false", "--print"]) == 0
+    rows = _printed(capsys)
+    assert rows[0] == ["step", "lr", "momentum"] and len(rows) == 11  # total_steps by default
+    assert rows[3][1:] == ["1.0", "0.85"]
+    assert main(["plot-schedule", "OneCycleLR", "max_lr=1.0", "total_steps=10",
+                 "anneal_strategy='linear'", "--steps", "11", "--print"]) == 0
+    assert float(_printed(capsys)[-1][1]) < 0  # the trap value documented in onecyclelr.opt
+
+
+def test_plot_schedule_print_with_metrics(tmp_path, capsys):
+    metrics = tmp_path / "loss.txt"
+    metrics.write_text("1.0\n0.9\n\n0.9  # flat from here\n0.9\n0.9\n")
+    assert main(["plot-schedule", "ReduceLROnPlateau", "patience=1", "factor=0.5",
+                 "--metrics", str(metrics), "--print"]) == 0
+    assert [row[1] for row in _printed(capsys)[1:]] == ["0.1", "0.1", "0.1", "0.1", "0.05",
+                                                       "0.05"]
+    metrics.write_text("1.0\nnan?\n")
+    assert main(["plot-schedule", "ReduceLROnPlateau", "--metrics", str(metrics),
+                 "--print"]) == 1
+    assert f"{metrics}:2: not a number: 'nan?'" in capsys.readouterr().err
+    metrics.write_text("1.0\n")
+    assert main(["plot-schedule", "ReduceLROnPlateau", "--metrics", str(metrics),
+                 "--steps", "5", "--print"]) == 1
+    assert "holds 1 values; 5 steps need 4" in capsys.readouterr().err
+    assert main(["plot-schedule", "StepLR", "step_size=2", "--metrics", str(metrics),
+                 "--print"]) == 1
+    assert "StepLR reads no metric" in capsys.readouterr().err
+
+
+def test_plot_schedule_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, capsys):
+    for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "lr.png"
+    assert main(["plot-schedule", "StepLR", "step_size=3", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == "optdsl: error: plotting needs matplotlib: pip install 'optdsl[plot]'\n"
+    assert not out.exists()
+    assert main(["plot-schedule", "StepLR", "step_size=3", "--print"]) == 0  # no plot needed
+
+
+def test_plot_schedule_needs_an_output(capsys):
+    assert main(["plot-schedule", "StepLR", "step_size=3"]) == 1
+    assert "give -o FILE.png" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["plot-schedule", "StepLR", "step_size=3", "--print", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_check_ok_and_error(tmp_path, capsys):
     good = EXAMPLES / "design_lion.opt"
     bad = tmp_path / "bad.opt"

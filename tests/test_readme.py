@@ -34,11 +34,17 @@ def test_the_tour_runs(tmp_path, monkeypatch, capsys):
     (tmp_path / "lion.opt").write_text(lion)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    for code in blocks("python")[:2]:
+    python = blocks("python")
+    schedules = next(b for b in python if "SequentialLR" in b)
+    for code in [*python[:2], schedules]:  # the kernel listing in between is an excerpt
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
     out = capsys.readouterr().out
     assert "100 (784, 10)" in out
     assert "def kernel(" in out and "_np.sign(" in out
+    # The schedule block: warm-up from lr / 100, the peak at epoch 5, then the cosine.
+    sched = namespace["sched"]
+    assert sched.last_epoch == 100
+    assert "[1.00000000e-06 1.00000000e-04 5.41289673e-05 2.73371330e-08]" in out
 
 
 def test_the_error_shown_is_the_error_raised():

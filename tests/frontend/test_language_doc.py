@@ -1,7 +1,8 @@
 """Every example in docs/language.md compiles, or fails as the page says it does.
 
-The page's code blocks marked ``opt`` are whole specs (starting with ``optimizer``) or
-fragments of an update block, which are compiled after the page's ``opt-prelude`` block.
+The page's code blocks marked ``opt`` are whole specs (starting with ``optimizer`` or
+``schedule``) or fragments of an update block, which are compiled after the page's
+``opt-prelude`` block. Optimizers take three steps, schedules three steps of an SGD.
 A block preceded by ``<!-- error -->`` must raise SpecError; if a ``text`` block follows it
 directly, that is the exact message (reported under the file name ``fragment.opt``).
 """
@@ -60,9 +61,22 @@ def test_example(body, error, message, monkeypatch):
         return
     spec = load_spec(text, "example.opt")
     cls = make_class(spec)
-    required = {name: 1.0 for name, info in spec.hypers.items() if info.required}
+    required = {name: (1.0, 2.0) if info.type == "tuple" else 1.0
+                for name, info in spec.hypers.items() if info.required}
     w = optdsl.Param(np.linspace(-1, 1, 5).astype(np.float32))
     w.grad = np.linspace(1, -1, 5).astype(np.float32)
+    if spec.kind == "schedule":
+        from optdsl.optim import SGD
+
+        opt = SGD([w], lr=0.1, momentum=0.9)
+        sched = cls(opt, **required)
+        for _ in range(3):
+            if sched.needs_metric:
+                sched.step(1.0)
+            else:
+                sched.step()
+        assert np.all(np.isfinite(sched.get_last_lr()))
+        return
     opt = cls([w], **required)
     for _ in range(3):
         opt.step()
