@@ -127,6 +127,20 @@ def render_requires(checked: CheckedSpec, r: _AstRenderer, extra: tuple[str, ...
     return out
 
 
+def render_enabled(checked: CheckedSpec, r: _AstRenderer, name: str, doc: str, decls
+                   ) -> list[str]:
+    """``def NAME(h)``: for each declaration with an optional ``if COND`` (states, group
+    values), whether it is on under these hypers."""
+    out = [f"def {name}(h):", f'    """{doc}"""']
+    out += _hyper_prologue(checked, "    ", [d.cond for d in decls])
+    out.append("    return {")
+    for d in decls:
+        cond = "True" if d.cond is None else f"_truth({r.expr(d.cond)})"
+        out.append(f"        {quoted_ident(d.name)}: {cond},")
+    out += ["    }", ""]
+    return out
+
+
 def render_host_module(checked: CheckedSpec) -> str:
     """The per-spec host functions, as Python source."""
     spec = checked.spec
@@ -143,15 +157,8 @@ def render_host_module(checked: CheckedSpec) -> str:
     out.append("    return tuple(path)")
     out.append("")
     out += render_requires(checked, r)
-    out.append("def state_enabled(h):")
-    out.append('    """Which conditional states exist under these hypers."""')
-    out += _hyper_prologue(checked, "    ", [s.cond for s in spec.states])
-    out.append("    return {")
-    for s in spec.states:
-        cond = "True" if s.cond is None else f"_truth({r.expr(s.cond)})"
-        out.append(f"        {quoted_ident(s.name)}: {cond},")
-    out.append("    }")
-    out.append("")
+    out += render_enabled(checked, r, "state_enabled",
+                          "Which conditional states exist under these hypers.", spec.states)
     for s in spec.states:
         out.append(f"def {ident(s.name, 'init_')}(h, _p):")
         out += _hyper_prologue(checked, "    ", [s.init])

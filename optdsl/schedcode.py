@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from . import syntax as S
 from .checker import SCHEDULE_ASSIGNABLE, SCHEDULE_BUILTINS, SCHEDULE_GROUP_VALUES, CheckedSpec
-from .hostcode import _AstRenderer, _hyper_prologue, _names_in, render_requires
+from .hostcode import (
+    _AstRenderer,
+    _hyper_prologue,
+    _names_in,
+    render_enabled,
+    render_requires,
+)
 from .render import ident, quoted_ident
 from .syntax import line_comment
 
@@ -49,15 +55,9 @@ def render_schedule_module(checked: CheckedSpec) -> str:
     items = ", ".join(f"{quoted_ident(s.name)}: _f({r.expr(s.init)})" for s in spec.states)
     out.append(f"    return {{{items}}}")
     out.append("")
-    out.append("def group_enabled(h):")
-    out.append('    """Which declared group values this schedule uses under these hypers."""')
-    out += _hyper_prologue(checked, "    ", [g.cond for g in spec.groups])
-    out.append("    return {")
-    for g in spec.groups:
-        cond = "True" if g.cond is None else f"_truth({r.expr(g.cond)})"
-        out.append(f"        {quoted_ident(g.name)}: {cond},")
-    out.append("    }")
-    out.append("")
+    out += render_enabled(checked, r, "group_enabled",
+                          "Which declared group values this schedule uses under these hypers.",
+                          spec.groups)
     out += render_requires(checked, r, extra=("epoch",))
     return "\n".join(out)
 
