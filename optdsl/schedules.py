@@ -271,9 +271,10 @@ class Schedule(LRScheduler):
     def needs_metric(self) -> bool:  # type: ignore[override]
         return "metric" in self._spec.host["USED_BUILTINS"]
 
-    def _check_requires(self, epoch: int) -> None:
+    def _check_requires(self, epoch: int, requires: Callable | None = None) -> None:
+        requires = requires or self._spec.host["requires"]
         for h in self.hypers:
-            failing = self._spec.host["requires"](h, epoch)
+            failing = requires(h, epoch)
             if failing >= 0:
                 message = f"{type(self).__name__}: {self._spec.spec.requires[failing].message}"
                 if epoch > 0:
@@ -305,11 +306,14 @@ class Schedule(LRScheduler):
 
     def _advance(self, metric: float | None) -> None:
         epoch = self.last_epoch + 1
-        self._check_requires(epoch)  # before anything changes, as the checks below
-        fn = self._spec.host["schedule_step"]
+        # The generated functions unwrapped (see optdsl.ops.quiet), under one errstate:
+        # this runs every step, and the context manager costs more than the arithmetic.
+        host = self._spec.host
+        fn = _unwrapped(host["schedule_step"])
         value = math.nan if metric is None else metric
         results = []
         with np.errstate(all="ignore"):
+            self._check_requires(epoch, _unwrapped(host["requires"]))  # before any change
             for i, group in enumerate(self.optimizer.param_groups):
                 binding = self._bindings[i]
                 values = {"lr": group["lr"]}
@@ -379,6 +383,10 @@ class Schedule(LRScheduler):
     def source(cls) -> str:
         """The generated host code of this schedule."""
         return cls._spec.host_source
+
+
+def _unwrapped(fn: Callable) -> Callable:
+    return getattr(fn, "__wrapped__", fn)
 
 
 def _read(group: dict[str, Any], where: tuple[str, int | None]) -> float:
