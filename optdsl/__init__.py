@@ -23,6 +23,7 @@ from .errors import (  # noqa: E402
     SpecError,
     StateDictError,
 )
+from .flat import FlatParams, flatten  # noqa: E402
 from .runtime import Optimizer, Param  # noqa: E402
 
 
@@ -32,7 +33,8 @@ def backends() -> list[str]:
 
 
 __all__ = [
-    "compile", "backends", "Param", "Optimizer", "OptdslError", "SpecError", "ParseError",
+    "compile", "backends", "Param", "Optimizer", "flatten", "FlatParams", "OptdslError",
+    "SpecError", "ParseError",
     "CheckError", "HyperError", "HyperTypeError", "ScheduleError", "StateDictError",
     "InternalCompilerError",
     "set_num_threads", "num_threads", "__version__",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import math
-from collections import defaultdict
+import operator
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -81,6 +83,109 @@ class _Layout:
         return self.flat(name, p).reshape(self.offsets[id(p)][2])
 
 
+class _Version:
+    """A counter of changes to an optimizer's state made by anyone but the step itself."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+class _ParamState(dict):
+    """One parameter's state, ``opt.state[p]``: a plain dict that counts changes, so a
+    step can reuse the plan it made last time when nobody touched the state since."""
+
+    __slots__ = ("_version",)
+
+    def __init__(self, version: _Version, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._version = version
+
+    def _touch(self) -> None:
+        self._version.n += 1
+
+    def __setitem__(self, key, value):
+        self._touch()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._touch()
+        super().__delitem__(key)
+
+    def update(self, *args, **kwargs):
+        self._touch()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._touch()
+        return super().setdefault(key, default)
+
+    def pop(self, *args):
+        self._touch()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._touch()
+        return super().popitem()
+
+    def clear(self):
+        self._touch()
+        super().clear()
+
+    def __ior__(self, other):
+        self._touch()
+        return super().__ior__(other)
+
+    def __reduce__(self):  # copies (copy.deepcopy) are plain dicts
+        return dict, (dict(self),)
+
+
+class _State(defaultdict):
+    """``opt.state``: as torch's, a defaultdict (``opt.state[p]`` of a param that has not
+    stepped is ``{}``), whose entries count changes (see :class:`_ParamState`)."""
+
+    def __init__(self, version: _Version):
+        super().__init__(lambda: _ParamState(version))
+        self._version = version
+
+    def __setitem__(self, key, value):
+        self._version.n += 1
+        if not isinstance(value, _ParamState):
+            value = _ParamState(self._version, value)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._version.n += 1
+        super().__delitem__(key)
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+_DATA = operator.attrgetter("data")
+_consume = deque(maxlen=0).extend  # runs an iterator to its end
+_GRAD = operator.attrgetter("grad")
+
+
+class _Plan:
+    """How one param group steps, reused while nothing changes: the params with a
+    gradient (by identity, with their data and grad arrays), and for each set of params
+    sharing a dtype and a step count, the kernel's buffers over runs of params that lie
+    end to end in memory (flattened params: one run, one kernel call)."""
+
+    def __init__(self, signature: tuple, version: int, state: Any, backend: Any,
+                 parts: list):
+        self.signature, self.version, self.state = signature, version, state
+        self.backend, self.parts = backend, parts
+
+
+def _signature(live: list[Any]) -> tuple:
+    return (tuple(map(id, live)), tuple(map(id, map(_DATA, live))),
+            tuple(map(id, map(_GRAD, live))))
+
+
 def _is_param(obj: Any) -> bool:
     return hasattr(obj, "data") and hasattr(obj, "grad")
 
@@ -103,7 +208,9 @@ class Optimizer:
         self.backend = backend
         self.param_groups: list[dict[str, Any]] = []
         # A defaultdict, as in torch: opt.state[p] of a param that has not stepped is {}.
-        self.state: dict[Any, dict[str, Any]] = defaultdict(dict)
+        self._version = _Version()
+        self.state: dict[Any, dict[str, Any]] = _State(self._version)
+        self._plans: dict[int, _Plan] = {}
         self._layouts: dict[tuple[int, str], _Layout] = {}
         self._validated: list[tuple[dict, dict]] = []
         self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -207,34 +314,60 @@ class Optimizer:
 
     # --- stepping -----------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every gradient (``set_to_none``, torch's default) or zero it in place.
+        Gradients of params re-homed by :func:`optdsl.flatten` are always zeroed in place,
+        so they stay views of their flat buffer (a whole buffer is zeroed in one fill)."""
+        from .flat import GRAD_BUFFERS
+
+        flat: dict[int, list] = {}
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if set_to_none:
+                owner = getattr(grad, "base", None)
+                if owner is not None and GRAD_BUFFERS.get(id(owner)) is owner:
+                    flat.setdefault(id(owner), [owner, 0, []])
+                    entry = flat[id(owner)]
+                    entry[1] += grad.size
+                    entry[2].append(grad)
+                elif set_to_none:
                     p.grad = None
                 else:
                     p.grad[...] = 0
+        for owner, covered, grads in flat.values():
+            if covered == owner.size:
+                owner.fill(0)
+            else:
+                for grad in grads:
+                    grad[...] = 0
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter that has a gradient; returns the closure's loss."""
         loss = closure() if closure is not None else None
         # Check every group's hypers and gradients before touching anything, so a bad value
-        # in one group raises without having stepped the groups before it.
-        plans = []
+        # in one group raises without having stepped the groups before it. Gradients are
+        # checked again only when they are other arrays than last step's.
+        todo = []
         for index, group in enumerate(self.param_groups):
             live = [p for p in group["params"] if p.grad is not None]
             if not live:
                 continue
-            for p in live:
-                self._check_grad(p)
-            plans.append((index, group, live, self._group_hypers(index),
-                          self._backend_for(live)))
-        for index, group, live, values, backend in plans:
-            enabled = self._spec.host["state_enabled"](values)
-            per_step: dict[tuple, tuple] = {}
-            for p in live:
-                self._step_param(index, group, p, values, enabled, backend, per_step)
+            signature = _signature(live)
+            plan = self._plans.get(index)
+            if plan is None or plan.signature != signature or plan.state is not self.state \
+                    or plan.version != self._version.n:
+                for p in live:
+                    self._check_grad(p)
+                plan = None
+            backend = plan.backend if plan is not None else self._backend_for(live)
+            todo.append((index, group, live, signature, plan, self._group_hypers(index),
+                         backend))
+        for index, group, live, signature, plan, values, backend in todo:
+            if plan is None or not self._run_plan(plan, values):
+                self._plans.pop(index, None)
+                self._step_group(index, group, live, values, backend)
+                self._plans[index] = self._make_plan(index, live, signature, values, backend)
         return loss
 
     def _check_grad(self, p: Any) -> None:
@@ -290,18 +423,46 @@ class Optimizer:
         np.copyto(view, init, casting="unsafe")
         self.state[p][name] = view
 
-    def _step_param(self, index, group, p, values, enabled, backend, per_step) -> None:
-        data, grad = p.data, p.grad
-        st = self.state[p]  # {} before the first step, filled in place as torch does
-        t = st.get("step", 0) + 1
-        key = (t, data.dtype.str)
-        if key not in per_step:
+    def _kernel(self, values: dict, t: int, dtype: np.dtype, backend: Backend,
+                cache: dict) -> tuple[Any, tuple, tuple[int, ...]]:
+        """The kernel for step ``t`` of params of ``dtype``, with its scalar arguments."""
+        key = (t, dtype.str)
+        if key not in cache:
             path = self._spec.host["decide"](values, t)
             kernel = self._spec.kernel(backend, path)
-            args = tuple(data.dtype.type(a) if isinstance(a, np.floating) else a
+            args = tuple(dtype.type(a) if isinstance(a, np.floating) else a
                          for a in kernel.host_args(values, t))
-            per_step[key] = (kernel, args)
-        kernel, args = per_step[key]
+            cache[key] = (kernel, args, path)
+        return cache[key]
+
+    def _step_group(self, index, group, live, values, backend) -> None:
+        """Step ``live`` param by param, creating and re-pointing state as needed (the
+        first step, or after something changed); :meth:`_make_plan` then records how to
+        do the next steps in as few kernel calls as the memory layout allows."""
+        enabled = self._spec.host["state_enabled"](values)
+        cache: dict[tuple, tuple] = {}
+        for p in live:
+            data, grad = p.data, p.grad
+            st = self.state[p]  # {} before the first step, filled in place as torch does
+            t = st.get("step", 0) + 1
+            kernel, args, _ = self._kernel(values, t, np.dtype(data.dtype), backend, cache)
+            layout = self._prepare_state(index, p, values, enabled, kernel)
+            contiguous = data.flags.c_contiguous
+            flat_p = data.reshape(-1) if contiguous else np.ascontiguousarray(data).reshape(-1)
+            flat_g = np.ascontiguousarray(grad).reshape(-1)
+            buffers = {"p": flat_p, "g": flat_g}
+            for b in kernel.buffers:
+                if b not in buffers:
+                    buffers[b] = layout.flat(b, p)
+            self._launch(kernel, backend, flat_p.size, [buffers[b] for b in kernel.buffers],
+                         args, data.dtype)
+            if not contiguous:
+                data[...] = flat_p.reshape(data.shape)
+            st["step"] = t
+
+    def _prepare_state(self, index, p, values, enabled, kernel) -> _Layout:
+        """Make ``p``'s state hold what ``kernel`` reads, as views of the group's layout."""
+        st = self.state[p]
         needed = [b for b in kernel.buffers if b not in ("p", "g")]
         wanted = [s.name for s in self._spec.spec.states if enabled[s.name] or s.name in needed]
         layout = self._layout(index, p, wanted)
@@ -313,19 +474,72 @@ class Optimizer:
                 # The user replaced the array (as torch allows): take its values.
                 np.copyto(layout.view(s, p), np.asarray(st[s]), casting="same_kind")
                 st[s] = layout.view(s, p)
-        contiguous = data.flags.c_contiguous
-        flat_p = data.reshape(-1) if contiguous else np.ascontiguousarray(data).reshape(-1)
-        flat_g = np.ascontiguousarray(grad).reshape(-1)
-        buffers = {"p": flat_p, "g": flat_g}
-        for b in kernel.buffers:
-            if b not in buffers:
-                buffers[b] = layout.flat(b, p)
-        pool.run(kernel.run, flat_p.size, [buffers[b] for b in kernel.buffers], args,
-                 lambda worker: self._scratch_for(kernel, data.dtype, worker, flat_p.size),
-                 _chunk())
-        if not contiguous:
-            data[...] = flat_p.reshape(data.shape)
-        st["step"] = t
+        return layout
+
+    def _launch(self, kernel, backend, n: int, buffers: list, args: tuple, dtype) -> None:
+        if getattr(backend, "parallel", False):  # it spreads the work over threads itself
+            kernel.run(n, *buffers, args, None, 0, 0, n)
+            return
+        pool.run(kernel.run, n, buffers, args,
+                 lambda worker: self._scratch_for(kernel, dtype, worker, n), _chunk())
+
+    def _make_plan(self, index, live, signature, values, backend) -> _Plan | None:
+        """After a step by :meth:`_step_group`: the kernel calls that repeat it. Params
+        whose data and grad are C-contiguous and lie end to end in one buffer each (as
+        ``optdsl.flatten`` leaves them), with their state end to end in the layout, share
+        one call. None when some param needs more care (non-contiguous arrays, mixed step
+        counts or dtypes are fine, but those are stepped param by param)."""
+        parts: dict[tuple, list] = {}
+        for p in live:
+            data, grad = p.data, p.grad
+            if not (data.flags.c_contiguous and grad.flags.c_contiguous):
+                return None
+            st = self.state[p]
+            dtype = np.dtype(data.dtype)
+            parts.setdefault((st["step"], dtype.str), []).append(p)
+        out = []
+        for (t, _), members in parts.items():
+            dtype = np.dtype(members[0].data.dtype)
+            layout = self._layouts[(index, dtype.str)]
+            runs: list[list[Any]] = []
+            for p in members:
+                if runs and _follows(runs[-1][-1], p, layout):
+                    runs[-1].append(p)
+                else:
+                    runs.append([p])
+            # A list: the step count (first) advances with every step the plan takes.
+            out.append([t, dtype, layout, [_run_views(run, layout) for run in runs],
+                        [self.state[p] for p in members]])
+        return _Plan(signature, self._version.n, self.state, backend, out)
+
+    def _run_plan(self, plan: _Plan, values: dict) -> bool:
+        """Step with a plan; False (having changed nothing) if the kernels it needs read
+        state the plan does not cover (a branch turned a conditional state on)."""
+        enabled = self._spec.host["state_enabled"](values)
+        cache: dict[tuple, tuple] = {}
+        calls = []
+        for part in plan.parts:
+            t, dtype, layout, runs, states = part
+            kernel, args, _ = self._kernel(values, t + 1, dtype, plan.backend, cache)
+            names = [b for b in kernel.buffers if b not in ("p", "g")]
+            wanted = [s.name for s in self._spec.spec.states if enabled[s.name]]
+            if any(n not in layout.names for n in (*names, *wanted)) or \
+                    any(n not in states[0] for n in (*names, *wanted)):
+                return False
+            calls.append((part, kernel, args, dtype, layout, runs, states, t + 1))
+        for part, kernel, args, dtype, layout, runs, states, t in calls:
+            for start, stop, flat_p, flat_g in runs:
+                buffers = {"p": flat_p, "g": flat_g}
+                rows = layout.buffer
+                bufs = [buffers[b] if b in buffers else
+                        rows[layout.names.index(b), start:stop] for b in kernel.buffers]
+                self._launch(kernel, plan.backend, stop - start, bufs, args, dtype)
+            # The step's own write (not through _ParamState, so the plan stays valid), in
+            # one C-level loop: with a thousand params this is a good part of the overhead.
+            _consume(map(dict.__setitem__, states, itertools.repeat("step"),
+                          itertools.repeat(t)))
+            part[0] = t
+        return True
 
     def _scratch_for(self, kernel, dtype, worker: int, n: int) -> tuple[np.ndarray, ...]:
         """Chunk-sized scratch for one worker; no larger than the largest param seen."""
@@ -393,7 +607,8 @@ class Optimizer:
             converted[p] = _convert_entry(name, sid, entry, p, states)
         # Validation is complete: build the new layouts, then swap everything in.
         layouts: dict[tuple[int, str], _Layout] = {}
-        new_state: dict[Any, dict[str, Any]] = defaultdict(dict)
+        version = _Version()
+        new_state: dict[Any, dict[str, Any]] = _State(version)
         for gi, group in enumerate(new_groups):
             enabled = self._spec.host["state_enabled"](new_validated[gi][1])
             for p in group["params"]:
@@ -422,7 +637,8 @@ class Optimizer:
         self.param_groups[:] = new_groups
         self._validated = new_validated
         self._layouts = layouts
-        self.state = new_state
+        self.state, self._version = new_state, version
+        self._plans.clear()
         self._scratch.clear()
 
     def __repr__(self) -> str:
@@ -433,6 +649,44 @@ class Optimizer:
                 lines.append(f"    {k}: {group[k]!r}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def _follows(prev: Any, p: Any, layout: _Layout) -> bool:
+    """Whether ``p`` continues ``prev`` in memory: data, grad and state end to end."""
+    a, b = layout.offsets[id(prev)], layout.offsets[id(p)]
+    if a[0] + a[1] != b[0]:
+        return False
+    for x, y in ((prev.data, p.data), (prev.grad, p.grad)):
+        owner = _owner(x)
+        if owner is not _owner(y) or not isinstance(owner, np.ndarray) \
+                or not owner.flags.c_contiguous or owner.dtype != x.dtype \
+                or _address(x) + x.nbytes != _address(y):
+            return False
+    return True
+
+
+def _owner(array: np.ndarray) -> np.ndarray:
+    return array if array.base is None else array.base
+
+
+def _run_views(run: list[Any], layout: _Layout) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(start, stop) in the layout, and flat views of the run's data and grads."""
+    first, last = run[0], run[-1]
+    start = layout.offsets[id(first)][0]
+    stop = layout.offsets[id(last)][0] + layout.offsets[id(last)][1]
+    if len(run) == 1:
+        return start, stop, first.data.reshape(-1), first.grad.reshape(-1)
+    views = []
+    for x in (first.data, first.grad):
+        owner = _owner(x)
+        flat = owner.reshape(-1)  # the params lie end to end in it: it is contiguous
+        offset = (_address(x) - _address(flat)) // x.itemsize
+        views.append(flat[offset: offset + (stop - start)])
+    return start, stop, views[0], views[1]
 
 
 def _same_view(arr: Any, layout: _Layout, name: str, p: Any) -> bool:
