@@ -61,3 +61,17 @@ def test_thread_settings():
 def test_environment_variable_sets_the_default(monkeypatch):
     monkeypatch.setenv("OPTDSL_NUM_THREADS", "5")
     assert optdsl.num_threads() == 5
+
+
+@pytest.mark.parametrize("cls,hypers", [(Adam, {"amsgrad": True}),
+                                        (RMSprop, {"centered": True, "momentum": 0.9})])
+def test_results_are_bit_identical_for_any_chunk_size(cls, hypers, monkeypatch):
+    import optdsl.backend.numpy_backend as numpy_backend
+
+    reference, ref_state = trajectory(cls, 2, backend="numpy", **hypers)
+    for chunk in (1000, 4096, 1 << 20):
+        monkeypatch.setattr(numpy_backend, "CHUNK", chunk)
+        data, state = trajectory(cls, 2, backend="numpy", **hypers)
+        np.testing.assert_array_equal(data, reference)
+        for key, value in ref_state.items():
+            np.testing.assert_array_equal(state[key], value)
