@@ -62,7 +62,8 @@ class FlatParams:
         self.buffers = buffers
 
     def zero_grad(self) -> None:
-        """Zero every gradient in place (one fill per buffer); the views stay."""
+        """Zero the gradient buffers in place (one fill each); the views stay. A gradient
+        rebound to another array since is not one of them."""
         for buffer in self.buffers:
             buffer.grad.fill(0)
 
@@ -72,8 +73,9 @@ class FlatParams:
         for buffer in self.buffers:
             for p, s in zip(buffer.params, buffer.slices, strict=True):
                 for arr, flat in ((p.data, buffer.data), (p.grad, buffer.grad)):
-                    if not (isinstance(arr, np.ndarray) and arr.base is flat.base
-                            and np.shares_memory(arr, flat[s]) and arr.size == s.stop - s.start):
+                    n = s.stop - s.start
+                    if not (isinstance(arr, np.ndarray) and arr.base is flat and arr.size == n
+                            and (n == 0 or np.shares_memory(arr, flat[s]))):
                         return False
         return True
 
@@ -103,9 +105,15 @@ def flatten(params: Iterable[Any]) -> FlatParams:
         if p.grad is not None and np.shape(p.grad) != data.shape:
             raise ValueError(f"flatten: gradient shape {np.shape(p.grad)} does not match "
                              f"parameter shape {data.shape}")
+        if p.grad is not None and getattr(p.grad, "dtype", None) != data.dtype:
+            raise TypeError(f"flatten: gradient dtype {getattr(p.grad, 'dtype', None)} does "
+                            f"not match parameter dtype {data.dtype}")
         if id(p) in seen:
             raise ValueError("flatten: the same parameter appears twice")
-        seen.add(id(p))
+        if id(data) in seen:
+            raise ValueError("flatten: two parameters share one .data array; flattening "
+                             "would give each its own copy")
+        seen.update((id(p), id(data)))
         by_dtype.setdefault(data.dtype.str, []).append(p)
     buffers = [FlatBuffer(members, np.dtype(key)) for key, members in by_dtype.items()]
     return FlatParams(params, buffers)

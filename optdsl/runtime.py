@@ -175,9 +175,12 @@ class _Plan:
     sharing a dtype and a step count, the kernel's buffers over runs of params that lie
     end to end in memory (flattened params: one run, one kernel call)."""
 
-    def __init__(self, signature: tuple, version: int, state: Any, backend: Any,
-                 parts: list):
+    def __init__(self, signature: tuple, arrays: tuple, version: int, state: Any,
+                 backend: Any, parts: list):
         self.signature, self.version, self.state = signature, version, state
+        # The params and arrays the signature's ids name, kept alive so that no new
+        # array can be given one of those ids while the plan exists.
+        self.arrays = arrays
         self.backend, self.parts = backend, parts
 
 
@@ -356,7 +359,7 @@ class Optimizer:
             signature = _signature(live)
             plan = self._plans.get(index)
             if plan is None or plan.signature != signature or plan.state is not self.state \
-                    or plan.version != self._version.n:
+                    or plan.version != self._version.n or not isinstance(self.state, _State):
                 for p in live:
                     self._check_grad(p)
                 plan = None
@@ -367,7 +370,14 @@ class Optimizer:
             if plan is None or not self._run_plan(plan, values):
                 self._plans.pop(index, None)
                 self._step_group(index, group, live, values, backend)
-                self._plans[index] = self._make_plan(index, live, signature, values, backend)
+                plan = self._make_plan(index, live, signature, values, backend)
+                if plan is not None:
+                    self._plans[index] = plan
+        # The state changes this step made are the step's own: every plan used or made in
+        # it stays valid (one group's first step must not undo another group's plan).
+        for index, *_ in todo:
+            if index in self._plans:
+                self._plans[index].version = self._version.n
         return loss
 
     def _check_grad(self, p: Any) -> None:
@@ -489,6 +499,8 @@ class Optimizer:
         ``optdsl.flatten`` leaves them), with their state end to end in the layout, share
         one call. None when some param needs more care (non-contiguous arrays, mixed step
         counts or dtypes are fine, but those are stepped param by param)."""
+        if not isinstance(self.state, _State):
+            return None  # a mapping swapped in by the user: its changes cannot be seen
         parts: dict[tuple, list] = {}
         for p in live:
             data, grad = p.data, p.grad
@@ -503,14 +515,19 @@ class Optimizer:
             layout = self._layouts[(index, dtype.str)]
             runs: list[list[Any]] = []
             for p in members:
-                if runs and _follows(runs[-1][-1], p, layout):
+                if runs and _follows(runs[-1], p, layout):
                     runs[-1].append(p)
                 else:
                     runs.append([p])
+            states = [self.state[p] for p in members]
+            # The states every param of the part holds: a kernel that needs another (a
+            # conditional state turned on) sends the step back to the param-by-param path.
+            covered = set.intersection(*(set(st) for st in states))
             # A list: the step count (first) advances with every step the plan takes.
-            out.append([t, dtype, layout, [_run_views(run, layout) for run in runs],
-                        [self.state[p] for p in members]])
-        return _Plan(signature, self._version.n, self.state, backend, out)
+            out.append([t, dtype, layout, [_run_views(run, layout) for run in runs], states,
+                        covered])
+        arrays = (list(live), list(map(_DATA, live)), list(map(_GRAD, live)))
+        return _Plan(signature, arrays, self._version.n, self.state, backend, out)
 
     def _run_plan(self, plan: _Plan, values: dict) -> bool:
         """Step with a plan; False (having changed nothing) if the kernels it needs read
@@ -519,12 +536,11 @@ class Optimizer:
         cache: dict[tuple, tuple] = {}
         calls = []
         for part in plan.parts:
-            t, dtype, layout, runs, states = part
+            t, dtype, layout, runs, states, covered = part
             kernel, args, _ = self._kernel(values, t + 1, dtype, plan.backend, cache)
             names = [b for b in kernel.buffers if b not in ("p", "g")]
             wanted = [s.name for s in self._spec.spec.states if enabled[s.name]]
-            if any(n not in layout.names for n in (*names, *wanted)) or \
-                    any(n not in states[0] for n in (*names, *wanted)):
+            if any(n not in layout.names or n not in covered for n in (*names, *wanted)):
                 return False
             calls.append((part, kernel, args, dtype, layout, runs, states, t + 1))
         for part, kernel, args, dtype, layout, runs, states, t in calls:
@@ -655,11 +671,16 @@ def _address(array: np.ndarray) -> int:
     return array.__array_interface__["data"][0]
 
 
-def _follows(prev: Any, p: Any, layout: _Layout) -> bool:
-    """Whether ``p`` continues ``prev`` in memory: data, grad and state end to end."""
-    a, b = layout.offsets[id(prev)], layout.offsets[id(p)]
+def _follows(run: list[Any], p: Any, layout: _Layout) -> bool:
+    """Whether ``p`` continues ``run`` in memory: data, grad and state end to end. Empty
+    params take no room (NumPy gives them any address), so they never break a run."""
+    a, b = layout.offsets[id(run[-1])], layout.offsets[id(p)]
     if a[0] + a[1] != b[0]:
         return False
+    sized = [q for q in run if q.data.size]
+    if not p.data.size or not sized:
+        return True
+    prev = sized[-1]
     for x, y in ((prev.data, p.data), (prev.grad, p.grad)):
         owner = _owner(x)
         if owner is not _owner(y) or not isinstance(owner, np.ndarray) \
@@ -675,11 +696,13 @@ def _owner(array: np.ndarray) -> np.ndarray:
 
 def _run_views(run: list[Any], layout: _Layout) -> tuple[int, int, np.ndarray, np.ndarray]:
     """(start, stop) in the layout, and flat views of the run's data and grads."""
-    first, last = run[0], run[-1]
-    start = layout.offsets[id(first)][0]
-    stop = layout.offsets[id(last)][0] + layout.offsets[id(last)][1]
-    if len(run) == 1:
+    start = layout.offsets[id(run[0])][0]
+    stop = layout.offsets[id(run[-1])][0] + layout.offsets[id(run[-1])][1]
+    sized = [q for q in run if q.data.size]
+    if len(sized) <= 1:
+        first = sized[0] if sized else run[0]
         return start, stop, first.data.reshape(-1), first.grad.reshape(-1)
+    first = sized[0]
     views = []
     for x in (first.data, first.grad):
         owner = _owner(x)
@@ -690,6 +713,8 @@ def _run_views(run: list[Any], layout: _Layout) -> tuple[int, int, np.ndarray, n
 
 
 def _same_view(arr: Any, layout: _Layout, name: str, p: Any) -> bool:
+    if id(p) not in layout.offsets:  # e.g. a deepcopy of the optimizer: other params
+        return False
     view = layout.view(name, p)
     return (isinstance(arr, np.ndarray) and arr.shape == view.shape
             and arr.__array_interface__["data"][0] == view.__array_interface__["data"][0]
