@@ -8,7 +8,7 @@ the runtime whether the backend can run on a given array (its device).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import OptdslError
@@ -24,11 +24,18 @@ class Kernel:
     buffers: tuple[str, ...]
     outputs: tuple[str, ...]
     scratch: tuple[int, int]
+    # What building and first calls cost, for benchmarks; a backend may leave it empty.
+    # The numba backend: {"compile_seconds": {dtype.str: seconds}, "cache_hit": bool}.
+    stats: dict = field(default_factory=dict, compare=False)
 
 
 class Backend:
     name: str = ""
     priority: int = 0  # higher wins when backend=None and several accept the arrays
+    # True: ``kernel.run`` spreads the work over threads itself, so the runtime calls it
+    # once over the whole buffer, ``run(n, *buffers, args, None, 0, 0, n)``, instead of
+    # through the thread pool (``pool.run``) with per-worker scratch and chunks.
+    parallel: bool = False
 
     def available(self) -> bool:
         raise NotImplementedError
@@ -75,4 +82,7 @@ def pick(array: Any) -> Backend:
     raise OptdslError(f"no available backend accepts arrays of type {type(array).__name__}")
 
 
-from . import numpy_backend  # noqa: E402,F401  (registers itself)
+# numpy registers first (the baseline, always there: error messages list it first); numba
+# only where it is installed, and numba itself is imported only when first used.
+from . import numpy_backend  # noqa: E402,F401,I001
+from . import numba_backend  # noqa: E402,F401

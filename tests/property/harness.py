@@ -84,3 +84,38 @@ def assert_same_bits(got: np.ndarray, want: np.ndarray, what: str) -> None:
         raise AssertionError(
             f"{what}: {bad.size} of {got.size} elements differ; first at flat index {i}: "
             f"got {got.reshape(-1)[i]!r}, want {want.reshape(-1)[i]!r}")
+
+
+def ulps_apart(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """How many representable values lie between ``got`` and ``want``, element by element
+    (Python ints). The two zeros are 0 apart; an infinity is one step past the largest
+    finite value. Meaningless where either is NaN."""
+    itemsize = got.dtype.itemsize
+    signed = {4: np.int32, 8: np.int64}[itemsize]
+    magnitude = (1 << (8 * itemsize - 1)) - 1
+
+    def ordered(a):
+        i = np.ascontiguousarray(a).reshape(-1).view(signed).astype(np.int64)
+        return [int(x) if x >= 0 else -(int(x) & magnitude) for x in i]
+
+    return np.array([abs(a - b) for a, b in zip(ordered(got), ordered(want), strict=True)],
+                    dtype=object)
+
+
+def assert_within_ulps(got: np.ndarray, want: np.ndarray, ulps: int, what: str) -> None:
+    """NaN exactly where ``want`` is NaN; every other value at most ``ulps`` apart."""
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    nan_got, nan_want = np.isnan(got).reshape(-1), np.isnan(want).reshape(-1)
+    if not np.array_equal(nan_got, nan_want):
+        i = np.flatnonzero(nan_got != nan_want)[0]
+        raise AssertionError(f"{what}: NaN differs at flat index {i}: got "
+                             f"{got.reshape(-1)[i]!r}, want {want.reshape(-1)[i]!r}")
+    keep = ~nan_want
+    apart = ulps_apart(got.reshape(-1)[keep], want.reshape(-1)[keep])
+    if apart.size and max(apart) > ulps:
+        i = int(np.argmax(apart.astype(float)))
+        raise AssertionError(
+            f"{what}: {sum(a > ulps for a in apart)} of {apart.size} values more than {ulps} "
+            f"ulp apart; worst {apart[i]} ulp: got {got.reshape(-1)[keep][i]!r}, want "
+            f"{want.reshape(-1)[keep][i]!r}")

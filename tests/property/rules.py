@@ -52,9 +52,16 @@ class _Scope:
         return _Scope(dict(self.locals), self.facts)
 
 
+# Elementwise ops whose result may differ by a few ulp between backends (C library vs
+# NumPy's own SIMD code); ``rules(exact=True)`` keeps them out of elementwise code.
+INEXACT_FUNCS = ("exp", "log", "cos", "sin", "tanh")
+
+
 class _Gen:
-    def __init__(self, draw, float_hypers, bool_hypers, has_pair, has_mode, states):
+    def __init__(self, draw, float_hypers, bool_hypers, has_pair, has_mode, states,
+                 exact=False):
         self.draw = draw
+        self.exact = exact  # no pow or INEXACT_FUNCS on elementwise values
         self.float_hypers = float_hypers
         self.bool_hypers = bool_hypers
         self.has_pair = has_pair
@@ -105,8 +112,10 @@ class _Gen:
         if depth <= 0 or self.coin(0.25):
             return self.float_leaf(kind)
         d = depth - 1
-        choice = self.pick(("arith", "arith", "arith", "div", "pow", "neg", "func", "func",
-                            "func", "minmax", "clip", "where", "ifexp"))
+        inexact = self.exact and kind == TENSOR
+        choice = self.pick(("arith", "arith", "arith", "div", "mod", "neg", "func", "func",
+                            "func", "minmax", "clip", "where", "ifexp")
+                           + (() if inexact else ("pow",)))
         if choice == "arith":
             a, b = self.split(kind, 2)
             op = self.pick(("+", "-", "*"))
@@ -117,6 +126,12 @@ class _Gen:
             if self.coin(0.8):
                 den = f"(abs({den}) + {self.pick(('1', '1e-8', '0.5'))})"
             return f"({self.floating(a, d)} / {den})"
+        if choice == "mod":  # np.remainder: the sign of the divisor, fmod's exactness
+            a, b = self.split(kind, 2)
+            den = self.floating(b, d)
+            if self.coin(0.7):
+                den = f"(abs({den}) + {self.pick(('1', '0.5'))})"
+            return f"({self.floating(a, d)} % {den})"
         if choice == "pow":
             a, b = self.split(kind, 2)
             if self.coin(0.5):  # any base, a whole exponent
@@ -134,8 +149,8 @@ class _Gen:
             return f"(-{self.floating(kind, d)})"
         if choice == "func":
             x = self.floating(kind, d)
-            f = self.pick(("sqrt", "rsqrt", "exp", "log", "abs", "sign", "floor", "cos", "sin",
-                           "tanh"))
+            f = self.pick(("sqrt", "rsqrt", "abs", "sign", "floor")
+                          + (() if inexact else INEXACT_FUNCS))
             if f in ("sqrt", "rsqrt"):
                 if self.coin(0.85):
                     return f"{f}(abs({x}) + {self.pick(('1', '1e-8', '0.5'))})"
@@ -319,8 +334,10 @@ class _Gen:
 
 
 @st.composite
-def rules(draw, max_statements: int = 8) -> Rule:
-    """A random optimizer ``R`` that the checker accepts."""
+def rules(draw, max_statements: int = 8, exact: bool = False) -> Rule:
+    """A random optimizer ``R`` that the checker accepts; with ``exact``, its elementwise
+    code uses only ops every backend computes bit for bit alike (no pow, exp, log, cos,
+    sin, tanh: host code may still use them)."""
     float_hypers = tuple(FLOAT_HYPERS[:draw(st.integers(1, 3))])
     bool_hypers = tuple(BOOL_HYPERS[:draw(st.integers(0, 2))])
     has_pair = draw(st.booleans())
@@ -350,7 +367,7 @@ def rules(draw, max_statements: int = 8) -> Rule:
         lines.append(f"state {name} = {init}" + (f" if {cond}" if cond else ""))
     lines += ["", "update:"]
 
-    gen = _Gen(draw, float_hypers, bool_hypers, has_pair, has_mode, states)
+    gen = _Gen(draw, float_hypers, bool_hypers, has_pair, has_mode, states, exact)
     if has_pair:
         gen.emit("    ", "b1, b2 = pair")
     gen.block("    ", 0, draw(st.integers(1, max_statements)))
