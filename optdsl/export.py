@@ -57,6 +57,9 @@ def render_module(spec: CompiledSpec, backend: str = "numpy") -> str:
     from . import __version__
 
     chosen = get_backend(backend)
+    if chosen.name != "numpy":
+        raise OptdslError(f"a compiled module holds numpy kernels; the {chosen.name!r} "
+                          "backend compiles its own at run time (leave out --backend)")
     all_paths = spec.paths()
     if len(all_paths) > MAX_PATHS:
         raise OptdslError(f"{spec.name} has {len(all_paths)} specialisations; a module "
@@ -104,6 +107,11 @@ class ExportedSpec:
     filename: str = ""
     text: str = ""
     kernels: dict[tuple[str, tuple[int, ...]], Kernel] = field(default_factory=dict)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The backends this module has kernels for (the runtime picks among them)."""
+        return (self.backend,)
 
     def kernel(self, backend: Backend, path: tuple[int, ...]) -> Kernel:
         if backend.name != self.backend:

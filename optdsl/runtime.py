@@ -19,8 +19,9 @@ import numpy as np
 
 from . import hypers as H
 from .backend import Backend, pool
+from .backend import available as available_backends
 from .backend import get as get_backend
-from .compiler import CompiledSpec, backend_for
+from .compiler import CompiledSpec
 from .errors import HyperError, HyperTypeError, OptdslError, StateDictError
 
 
@@ -391,13 +392,27 @@ class Optimizer:
                               f"not match parameter dtype {data.dtype}")
 
     def _backend_for(self, params: list[Any]) -> Backend:
-        backend = backend_for(self.backend, params[0].data)
-        for p in params:
-            if not backend.accepts(p.data):
-                raise OptdslError(f"{type(self).__name__}: parameters of one group live on "
-                                  f"different devices ({type(params[0].data).__name__} and "
-                                  f"{type(p.data).__name__})")
-        return backend
+        """The backend for a group: the one asked for, else the best available one that
+        accepts every param (numba takes float32 and float64; float16 stays on numpy) and
+        that the spec has kernels for (an exported module has one backend's)."""
+        if self.backend is not None:
+            candidates = [get_backend(self.backend)]
+        else:
+            allowed = getattr(self._spec, "backends", None)
+            candidates = [get_backend(n) for n in available_backends()
+                          if allowed is None or n in allowed]
+        for backend in candidates:
+            if all(backend.accepts(p.data) for p in params):
+                return backend
+        first = candidates[0] if candidates else None
+        odd = next((p for p in params if first is None or not first.accepts(p.data)),
+                   params[0])
+        which = "no backend" if self.backend is None else f"backend {self.backend!r}"
+        a, b = params[0].data, odd.data
+        raise OptdslError(f"{type(self).__name__}: {which} runs every parameter of this "
+                          f"group: parameters of one group live on different devices or "
+                          f"types ({type(a).__name__} {a.dtype} and {type(b).__name__} "
+                          f"{b.dtype}); put them in different optimizers")
 
     def _layout(self, index: int, p: Any, names: list[str]) -> _Layout:
         """The layout of ``p``'s group and dtype, holding at least the states ``names``."""
