@@ -11,6 +11,7 @@ cores this process may run on.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,13 @@ def num_threads() -> int:
             return max(1, int(env))
         except ValueError:
             pass
+    return _cores()
+
+
+@functools.cache
+def _cores() -> int:
+    """The cores this process may run on (asked once: each ask is a system call, and a
+    step over many unflattened params asks once per param)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
