@@ -185,9 +185,12 @@ class _Plan:
         self.backend, self.parts = backend, parts
 
 
-def _signature(live: list[Any]) -> tuple:
-    return (tuple(map(id, live)), tuple(map(id, map(_DATA, live))),
-            tuple(map(id, map(_GRAD, live))))
+def _signature(params: list[Any]) -> tuple:
+    """What a plan depends on in a group's params list: which list (and its length), and
+    each param's data and grad arrays (None for no grad), by identity. Two C-level passes:
+    with a thousand params this is most of a planned step's overhead."""
+    return (id(params), len(params), tuple(map(id, map(_DATA, params))),
+            tuple(map(id, map(_GRAD, params))))
 
 
 def _is_param(obj: Any) -> bool:
@@ -354,22 +357,25 @@ class Optimizer:
         # checked again only when they are other arrays than last step's.
         todo = []
         for index, group in enumerate(self.param_groups):
-            live = [p for p in group["params"] if p.grad is not None]
+            params = group["params"]
+            signature = _signature(params)
+            plan = self._plans.get(index)
+            if plan is not None and plan.signature == signature and plan.state is self.state \
+                    and plan.version == self._version.n and isinstance(self.state, _State):
+                todo.append((index, group, None, signature, plan, self._group_hypers(index),
+                             plan.backend))
+                continue
+            live = [p for p in params if p.grad is not None]
             if not live:
                 continue
-            signature = _signature(live)
-            plan = self._plans.get(index)
-            if plan is None or plan.signature != signature or plan.state is not self.state \
-                    or plan.version != self._version.n or not isinstance(self.state, _State):
-                for p in live:
-                    self._check_grad(p)
-                plan = None
-            backend = plan.backend if plan is not None else self._backend_for(live)
-            todo.append((index, group, live, signature, plan, self._group_hypers(index),
-                         backend))
+            for p in live:
+                self._check_grad(p)
+            todo.append((index, group, live, signature, None, self._group_hypers(index),
+                         self._backend_for(live)))
         for index, group, live, signature, plan, values, backend in todo:
             if plan is None or not self._run_plan(plan, values):
                 self._plans.pop(index, None)
+                live = live or [p for p in group["params"] if p.grad is not None]
                 self._step_group(index, group, live, values, backend)
                 plan = self._make_plan(index, live, signature, values, backend)
                 if plan is not None:
@@ -541,7 +547,8 @@ class Optimizer:
             # A list: the step count (first) advances with every step the plan takes.
             out.append([t, dtype, layout, [_run_views(run, layout) for run in runs], states,
                         covered])
-        arrays = (list(live), list(map(_DATA, live)), list(map(_GRAD, live)))
+        params = self.param_groups[index]["params"]
+        arrays = (params, list(params), list(map(_DATA, params)), list(map(_GRAD, params)))
         return _Plan(signature, arrays, self._version.n, self.state, backend, out)
 
     def _run_plan(self, plan: _Plan, values: dict) -> bool:
