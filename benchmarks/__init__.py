@@ -1,0 +1,1 @@
+"""optdsl benchmarks: ``python -m benchmarks`` runs the suite (docs/benchmarks.md)."""
