@@ -36,7 +36,8 @@ def test_the_tour_runs(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     python = blocks("python")
     schedules = next(b for b in python if "SequentialLR" in b)
-    for code in [*python[:2], schedules]:  # the kernel listing in between is an excerpt
+    speed = next(b for b in python if "optdsl.flatten" in b)
+    for code in [*python[:2], schedules, speed]:  # the kernel listing is an excerpt
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
     out = capsys.readouterr().out
     assert "100 (784, 10)" in out
@@ -45,6 +46,10 @@ def test_the_tour_runs(tmp_path, monkeypatch, capsys):
     sched = namespace["sched"]
     assert sched.last_epoch == 100
     assert "[1.00000000e-06 1.00000000e-04 5.41289673e-05 2.73371330e-08]" in out
+    # The speed block: one buffer, and every layer stepped.
+    layers, flat = namespace["layers"], namespace["flat"]
+    assert len(flat.buffers) == 1 and flat.is_flat()
+    assert all(float(p.data[0, 0]) < 0 for p in layers)
 
 
 def test_the_error_shown_is_the_error_raised():
