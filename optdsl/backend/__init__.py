@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from ..errors import OptdslError
@@ -48,6 +49,28 @@ class Backend:
 
     def build(self, source: str, name: str) -> Kernel:
         raise NotImplementedError
+
+
+@cache
+def template(name: str):
+    """The Jinja2 template ``codegen/NAME`` with the filters every backend's uses: ``ident``
+    (a validated identifier with a prefix) and ``quoted`` (one as a string literal)."""
+    import jinja2
+
+    from .._resources import data_dir
+    from ..render import ident, quoted_ident
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_dir("codegen"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["ident"] = lambda name, prefix="v_": ident(name, prefix)
+    env.filters["quoted"] = quoted_ident
+    return env.get_template(name)
 
 
 _REGISTRY: dict[str, Backend] = {}

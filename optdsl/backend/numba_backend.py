@@ -34,18 +34,16 @@ import types
 from functools import cache
 from typing import Any
 
-import jinja2
 import numpy as np
 
 from .. import cache as disk_cache
-from .._resources import data_dir
 from ..errors import InternalCompilerError
 from ..hostcode import render_host_args
 from ..ir import Program
 from ..ops import quiet
-from ..render import ident, number, quoted_ident
+from ..render import ident, number
 from ..syntax import line_comment
-from . import Backend, Kernel, pool, register
+from . import Backend, Kernel, pool, register, template
 
 # Below this many elements the serial twin runs even when threads are free: waking
 # numba's threads (its OpenMP layer here) costs 10-15 us, more than a second core saves on
@@ -99,19 +97,8 @@ _FORMAT = {
 }
 
 
-@cache
-def _template() -> jinja2.Template:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_dir("codegen"))),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["ident"] = lambda name, prefix="v_": ident(name, prefix)
-    env.filters["quoted"] = quoted_ident
-    return env.get_template("numba.py.j2")
+def _template():
+    return template("numba.py.j2")
 
 
 class _Constants:

@@ -7,20 +7,17 @@ is ever allocated.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-import jinja2
 import numpy as np
 
-from .._resources import data_dir
 from ..errors import InternalCompilerError
 from ..hostcode import render_host_args
 from ..ir import Program
 from ..ops import UFUNC, quiet
-from ..render import ident, number, quoted_ident
+from ..render import ident, number
 from ..syntax import line_comment
-from . import Backend, Kernel, register
+from . import Backend, Kernel, register, template
 
 # Elements per chunk. Each ufunc call costs about a microsecond of Python, and with
 # several threads that part holds the GIL, so chunks must be long; past a few hundred
@@ -30,19 +27,8 @@ from . import Backend, Kernel, register
 CHUNK = 131072
 
 
-@cache
-def _template() -> jinja2.Template:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_dir("codegen"))),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["ident"] = lambda name, prefix="v_": ident(name, prefix)
-    env.filters["quoted"] = quoted_ident
-    return env.get_template("numpy.py.j2")
+def _template():
+    return template("numpy.py.j2")
 
 
 def _format(op: str, out: str, args: list[str]) -> str:

@@ -10,7 +10,6 @@ import io
 import json
 import keyword
 import os
-import re
 import subprocess
 import sys
 import tokenize
@@ -25,7 +24,6 @@ pytest.importorskip("numba", reason="the numba backend needs numba "
 
 import optdsl  # noqa: E402
 from optdsl import cache  # noqa: E402
-from optdsl._resources import data_dir  # noqa: E402
 from optdsl.api import make_class  # noqa: E402
 from optdsl.backend import get as get_backend  # noqa: E402
 from optdsl.backend import numba_backend, pick  # noqa: E402
@@ -40,6 +38,7 @@ from tests.security.test_injection import (  # noqa: E402
     _docstrings,
     assert_inert,
     evil_spec,
+    template_comment_patterns,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,24 +178,7 @@ def test_the_parallel_twin_runs_above_the_threshold_only():
 
 # --- what the generated source is made of ---------------------------------------------
 
-def _comment_patterns() -> list[re.Pattern]:
-    """The numba template's comment lines (placeholders as patterns), and ``# line N:``
-    with a statement re-rendered from the tree (as tests/security checks for numpy)."""
-    holes = {"{{ version }}": r"[\w.+]+", "{{ kind }}": "(optimizer|schedule)",
-             "{{ name }}": r"[A-Za-z_]\w*", "{{ path }}": r"\[[\d, ]*\]"}
-    token = r"(?:[A-Za-z_]\w*|\d[\w.+-]*|<string>|\*\*|[-+*/%<>=!]=?|[(),\[\]:]| )"
-    patterns = [re.compile(rf"# line \d+(?:: {token}+)?")]
-    for line in (data_dir("codegen") / "numba.py.j2").read_text().splitlines():
-        line = line.strip()
-        if line.startswith("#"):
-            pattern = re.escape(line)
-            for hole, sub in holes.items():
-                pattern = pattern.replace(re.escape(hole), sub)
-            patterns.append(re.compile(pattern))
-    return patterns
-
-
-COMMENTS = _comment_patterns()
+COMMENTS = template_comment_patterns("numba.py.j2")
 PROBE = "optimizer Probe\nhyper lr = 0.1\nupdate:\n    p = p - lr * g\n"
 FIXED_DOCSTRINGS = {d.value for d in _docstrings(ast.parse(
     load_spec(PROBE, "probe.opt").kernel(NUMBA, ()).source))}

@@ -203,15 +203,15 @@ def test_string_with_escapes_and_unicode_round_trips(tmp_path):
 
 # --- what generated code is made of ---------------------------------------------------
 
-def _template_comment_patterns() -> list[re.Pattern]:
-    """The comment lines of the NumPy template, with its placeholders as patterns."""
+def template_comment_patterns(template: str = "numpy.py.j2") -> list[re.Pattern]:
+    """The comment lines of a backend's template, with its placeholders as patterns."""
     holes = {"{{ version }}": r"[\w.+]+", "{{ kind }}": "(optimizer|schedule)",
              "{{ name }}": r"[A-Za-z_]\w*", "{{ path }}": r"\[[\d, ]*\]"}
     # "# line N: <statement>": the statement re-rendered from the tree (syntax.unparse):
     # names, numbers, fixed operators, and <string> where the spec had a string literal.
-    token = r"(?:[A-Za-z_]\w*|\d[\w.+-]*|<string>|\*\*|[-+*/<>=!]=?|[(),\[\]:]| )"
+    token = r"(?:[A-Za-z_]\w*|\d[\w.+-]*|<string>|\*\*|[-+*/%<>=!]=?|[(),\[\]:]| )"
     patterns = [re.compile(rf"# line \d+(?:: {token}+)?")]
-    for line in (data_dir("codegen") / "numpy.py.j2").read_text().splitlines():
+    for line in (data_dir("codegen") / template).read_text().splitlines():
         line = line.strip()
         if line.startswith("#"):
             pattern = re.escape(line)
@@ -221,7 +221,7 @@ def _template_comment_patterns() -> list[re.Pattern]:
     return patterns
 
 
-COMMENTS = _template_comment_patterns()
+COMMENTS = template_comment_patterns()
 PROBE = "optimizer Probe\nhyper lr = 0.1\nupdate:\n    p = p - lr * g\n"
 
 
