@@ -25,6 +25,15 @@ from .compiler import CompiledSpec
 from .errors import HyperError, HyperTypeError, OptdslError, StateDictError
 
 
+class _Version:
+    """A counter of changes to an optimizer's state made by anyone but the step itself."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class Param:
     """A parameter: an array ``data`` and its gradient ``grad`` (None until set).
 
@@ -38,6 +47,10 @@ class Param:
         self.data = data
         self.grad = grad
         self.name = name
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        _REBINDS.n += 1  # lets a step plan over Params skip checking every param's arrays
 
     def __repr__(self) -> str:
         shape = getattr(self.data, "shape", "?")
@@ -84,13 +97,8 @@ class _Layout:
         return self.flat(name, p).reshape(self.offsets[id(p)][2])
 
 
-class _Version:
-    """A counter of changes to an optimizer's state made by anyone but the step itself."""
-
-    __slots__ = ("n",)
-
-    def __init__(self) -> None:
-        self.n = 0
+# Counts assignments to any Param's attributes (see Param.__setattr__).
+_REBINDS = _Version()
 
 
 class _ParamState(dict):
@@ -177,8 +185,13 @@ class _Plan:
     end to end in memory (flattened params: one run, one kernel call)."""
 
     def __init__(self, signature: tuple, arrays: tuple, version: int, state: Any,
-                 backend: Any, parts: list):
+                 backend: Any, parts: list, rebinds: int | None):
         self.signature, self.version, self.state = signature, version, state
+        # _REBINDS when the signature was last found unchanged, if every param of the
+        # group is an optdsl.Param (None otherwise): while no Param attribute has been
+        # assigned since, the params' arrays cannot have changed, and the signature need
+        # not be computed (with a thousand params, the larger part of a step's overhead).
+        self.rebinds = rebinds
         # The params and arrays the signature's ids name, kept alive so that no new
         # array can be given one of those ids while the plan exists.
         self.arrays = arrays
@@ -358,10 +371,16 @@ class Optimizer:
         todo = []
         for index, group in enumerate(self.param_groups):
             params = group["params"]
-            signature = _signature(params)
             plan = self._plans.get(index)
+            if plan is not None and plan.rebinds is not None and plan.rebinds == _REBINDS.n \
+                    and plan.arrays[0] is params and len(params) == plan.signature[1]:
+                signature = plan.signature
+            else:
+                signature = _signature(params)
             if plan is not None and plan.signature == signature and plan.state is self.state \
                     and plan.version == self._version.n and isinstance(self.state, _State):
+                if plan.rebinds is not None:
+                    plan.rebinds = _REBINDS.n
                 todo.append((index, group, None, signature, plan, self._group_hypers(index),
                              plan.backend))
                 continue
@@ -549,7 +568,8 @@ class Optimizer:
                         covered])
         params = self.param_groups[index]["params"]
         arrays = (params, list(params), list(map(_DATA, params)), list(map(_GRAD, params)))
-        return _Plan(signature, arrays, self._version.n, self.state, backend, out)
+        rebinds = _REBINDS.n if all(type(p) is Param for p in params) else None
+        return _Plan(signature, arrays, self._version.n, self.state, backend, out, rebinds)
 
     def _run_plan(self, plan: _Plan, values: dict) -> bool:
         """Step with a plan; False (having changed nothing) if the kernels it needs read
