@@ -64,7 +64,16 @@ class _Layout:
 
     Row ``k`` of ``buffer`` is state ``names[k]`` for every param of the group with this
     dtype, laid end to end, so the kernel can also run over a whole row at once.
+
+    Rows start at different offsets within a 4 KiB page (and away from offset 0, where
+    large arrays such as the params and grads start): a kernel streams every row and p
+    and g at once, and streams whose addresses agree in their low 12 bits collide in the
+    caches. Measured for numba Adam on 64M float32 params, one thread: rows 2**28 bytes
+    apart took 140 ms a step, rows shifted as below 55 ms (torch's fused Adam: 59 ms).
     """
+
+    # Bytes between the 4 KiB phases of consecutive rows (a multiple of every itemsize).
+    PHASE = 1088
 
     def __init__(self, params: list[Any], dtype: np.dtype, names: list[str]):
         self.params = params
@@ -76,15 +85,25 @@ class _Layout:
             offset += int(np.size(p.data))
         self.size = offset
         self.names: list[str] = []
-        self.buffer = np.zeros((0, self.size), self.dtype)
+        self.buffer = self._allocate(0)
         self.grow(names)
+
+    def _allocate(self, rows: int) -> np.ndarray:
+        """A zeroed (rows, size) view whose row k starts (k + 1) * PHASE bytes into a
+        page, modulo 4 KiB, given a page-aligned allocation (as large ones are)."""
+        item = self.dtype.itemsize
+        head = self.PHASE // item
+        pad = ((self.PHASE - self.size * item) % 4096) // item
+        stride = self.size + pad
+        flat = np.zeros(head + rows * stride, self.dtype)
+        return flat[head:].reshape(rows, stride)[:, : self.size]
 
     def grow(self, names: list[str]) -> bool:
         """Make room for states not yet laid out; True if the buffer moved."""
         new = [n for n in names if n not in self.names]
         if not new:
             return False
-        buffer = np.zeros((len(self.names) + len(new), self.size), self.dtype)
+        buffer = self._allocate(len(self.names) + len(new))
         buffer[: len(self.names)] = self.buffer
         self.buffer, self.names = buffer, self.names + new
         return True
