@@ -6,13 +6,10 @@ text; its compiled code is cached on disk for the next process; and backend=None
 from __future__ import annotations
 
 import ast
-import io
 import json
-import keyword
 import os
 import subprocess
 import sys
-import tokenize
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,10 +30,10 @@ from optdsl.optim import SGD, STDLIB, Adadelta, Adagrad, Adam, AdamW, RMSprop, l
 from tests.property.harness import assert_same_bits  # noqa: E402
 from tests.security.test_injection import (  # noqa: E402
     DOUBLE_PAYLOAD,
-    IDENTIFIER,
     PAYLOAD,
     _docstrings,
     assert_inert,
+    check_generated,
     evil_spec,
     template_comment_patterns,
 )
@@ -190,24 +187,8 @@ def numba_sources(spec) -> list[str]:
 
 
 def check_numba_source(source: str) -> None:
-    tree = ast.parse(source)
-    docstrings = _docstrings(tree)
-    assert {d.value for d in docstrings} <= FIXED_DOCSTRINGS
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-                not any(node is d for d in docstrings):
-            assert IDENTIFIER.match(node.value) and not keyword.iskeyword(node.value), \
-                f"string literal {node.value!r} in generated code"
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names]
-            assert names in (["math"], ["numba"], ["numpy"], ["ops"]), names
-        if isinstance(node, ast.Attribute):
-            assert not node.attr.startswith("__"), node.attr
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        assert tok.type != tokenize.ERRORTOKEN, tok
-        if tok.type == tokenize.COMMENT:
-            assert any(p.fullmatch(tok.string) for p in COMMENTS), tok.string
-    assert source.isascii()
+    check_generated(source, imports=(["math"], ["numba"], ["numpy"], ["ops"]),
+                    fixed_docstrings=FIXED_DOCSTRINGS, comments=COMMENTS)
 
 
 @pytest.mark.parametrize("name", sorted(STDLIB) + ["evil"])
