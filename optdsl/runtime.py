@@ -392,7 +392,8 @@ class Optimizer:
             params = group["params"]
             plan = self._plans.get(index)
             if plan is not None and plan.rebinds is not None and plan.rebinds == _REBINDS.n \
-                    and plan.arrays[0] is params and len(params) == plan.signature[1]:
+                    and plan.arrays[0] is params and len(params) == plan.signature[1] \
+                    and all(map(operator.is_, params, plan.arrays[1])):
                 signature = plan.signature
             else:
                 signature = _signature(params)

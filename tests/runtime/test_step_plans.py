@@ -905,3 +905,19 @@ def test_flattened_adam_is_bit_identical_for_one_and_two_threads(restore_threads
         results.append((np.concatenate([p.data.ravel() for p in params]), opt.state_dict()))
     assert_bits_equal(results[0][0], results[1][0])
     assert_state_dicts_equal(results[0][1], results[1][1])
+
+
+def test_a_param_replaced_in_the_groups_list_is_seen():
+    """Replacing an element of a group's params list in place (same length, no Param
+    attribute assigned since) sends the step back to the param-by-param path."""
+    a, b, c = (optdsl.Param(np.full(3, v)) for v in (1.0, 2.0, 3.0))
+    optdsl.flatten([a, b, c])
+    opt = optdsl.optim.SGD([a, b], lr=1.0)
+    for p in (a, b, c):
+        p.grad[...] = 1.0
+    opt.step()
+    opt.step()  # planned
+    opt.param_groups[0]["params"][1] = c
+    opt.step()
+    np.testing.assert_array_equal(c.data, np.full(3, 2.0))
+    np.testing.assert_array_equal(b.data, np.full(3, 0.0))
