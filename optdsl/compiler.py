@@ -17,8 +17,6 @@ from typing import Any
 
 from . import cache, passes
 from .backend import Backend, Kernel
-from .backend import get as get_backend
-from .backend import pick as pick_backend
 from .checker import CheckedSpec, check
 from .frontend import parse
 from .hostcode import render_host_module
@@ -134,7 +132,3 @@ def read_source(path_or_source: str | Path) -> tuple[str, str]:
     if "\n" not in text and (text.endswith(".opt") or Path(text).is_file()):
         return Path(text).read_text(), text
     return text, "<string>"
-
-
-def backend_for(name: str | None, array: Any) -> Backend:
-    return get_backend(name) if name is not None else pick_backend(array)
