@@ -27,9 +27,10 @@ from .flat import FlatParams, flatten  # noqa: E402
 from .runtime import Optimizer, Param  # noqa: E402
 
 
-def backends() -> list[str]:
-    """Names of the backends available here, best first."""
-    return _available()
+def backends(device_kind: str | None = None) -> list[str]:
+    """Names of the backends available here, best first: all of them, or those for
+    ``device_kind``, "cpu" (NumPy arrays) or "cuda" (CuPy arrays on a GPU)."""
+    return _available(device_kind)
 
 
 __all__ = [

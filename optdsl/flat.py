@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from . import arrays
+
 # The gradient buffers of flattened params: an optimizer's zero_grad() zeroes gradients
 # that are views of these in place instead of dropping them (see Optimizer.zero_grad).
 # Keyed by id (arrays are not hashable); an entry goes when its buffer does.
@@ -34,21 +36,23 @@ class FlatBuffer:
         self.params = params
         self.dtype = np.dtype(dtype)
         sizes = [int(np.size(p.data)) for p in params]
-        self.data = np.empty(sum(sizes), self.dtype)
-        self.grad = np.zeros(sum(sizes), self.dtype)
+        # On the params' device: host memory, or their GPU.
+        self.data = arrays.zeros(sum(sizes), self.dtype, params[0].data)
+        self.grad = arrays.zeros(sum(sizes), self.dtype, params[0].data)
         GRAD_BUFFERS[id(self.grad)] = self.grad
         self.slices: list[slice] = []
         offset = 0
-        for p, n in zip(params, sizes, strict=True):
-            shape = np.shape(p.data)
-            view = self.data[offset: offset + n].reshape(shape)
-            view[...] = p.data
-            grad = self.grad[offset: offset + n].reshape(shape)
-            if p.grad is not None:
-                grad[...] = p.grad
-            p.data, p.grad = view, grad
-            self.slices.append(slice(offset, offset + n))
-            offset += n
+        with arrays.on_device(self.data):  # copies on the params' GPU
+            for p, n in zip(params, sizes, strict=True):
+                shape = np.shape(p.data)
+                view = self.data[offset: offset + n].reshape(shape)
+                view[...] = p.data
+                grad = self.grad[offset: offset + n].reshape(shape)
+                if p.grad is not None:
+                    grad[...] = p.grad
+                p.data, p.grad = view, grad
+                self.slices.append(slice(offset, offset + n))
+                offset += n
 
     def __repr__(self) -> str:
         return f"FlatBuffer({len(self.params)} params, {self.data.size} x {self.dtype})"
@@ -74,8 +78,8 @@ class FlatParams:
             for p, s in zip(buffer.params, buffer.slices, strict=True):
                 for arr, flat in ((p.data, buffer.data), (p.grad, buffer.grad)):
                     n = s.stop - s.start
-                    if not (isinstance(arr, np.ndarray) and arr.base is flat and arr.size == n
-                            and (n == 0 or np.shares_memory(arr, flat[s]))):
+                    if not (arrays.is_array(arr) and arr.base is flat and arr.size == n
+                            and (n == 0 or arrays.shares_memory(arr, flat[s]))):
                         return False
         return True
 
@@ -87,8 +91,9 @@ def flatten(params: Iterable[Any]) -> FlatParams:
     """Copy the params' values into one contiguous buffer per dtype and point each
     ``p.data`` and ``p.grad`` at its slice (gradients are zero where there was none).
 
-    ``params`` are parameters (objects with NumPy array attributes ``.data`` and
+    ``params`` are parameters (objects with NumPy or CuPy array attributes ``.data`` and
     ``.grad``, such as :class:`optdsl.Param`), in the order the optimizer will list them;
+    each device's params get their own buffers there;
     an optimizer built on them before or after works either way. Raises TypeError for
     anything else, and ValueError for a param listed twice."""
     params = list(params)
@@ -96,10 +101,10 @@ def flatten(params: Iterable[Any]) -> FlatParams:
     by_dtype: dict[str, list[Any]] = {}
     for p in params:
         data = getattr(p, "data", None)
-        if not hasattr(p, "grad") or not isinstance(data, np.ndarray):
+        if not hasattr(p, "grad") or not arrays.is_array(data):
             raise TypeError(f"flatten: {type(p).__name__} is not a parameter with a NumPy "
-                            "array .data (wrap arrays in optdsl.Param)")
-        if data.dtype.kind != "f":
+                            "or CuPy array .data (wrap arrays in optdsl.Param)")
+        if not arrays.is_float(data.dtype):
             raise TypeError(f"flatten: parameters must hold floating-point arrays, got "
                             f"{data.dtype}")
         if p.grad is not None and np.shape(p.grad) != data.shape:
@@ -108,12 +113,15 @@ def flatten(params: Iterable[Any]) -> FlatParams:
         if p.grad is not None and getattr(p.grad, "dtype", None) != data.dtype:
             raise TypeError(f"flatten: gradient dtype {getattr(p.grad, 'dtype', None)} does "
                             f"not match parameter dtype {data.dtype}")
+        if p.grad is not None and arrays.device(p.grad) != arrays.device(data):
+            raise ValueError(f"flatten: the gradient ({arrays.describe(p.grad)}) does not "
+                             f"live where its parameter does ({arrays.describe(data)})")
         if id(p) in seen:
             raise ValueError("flatten: the same parameter appears twice")
         if id(data) in seen:
             raise ValueError("flatten: two parameters share one .data array; flattening "
                              "would give each its own copy")
         seen.update((id(p), id(data)))
-        by_dtype.setdefault(data.dtype.str, []).append(p)
-    buffers = [FlatBuffer(members, np.dtype(key)) for key, members in by_dtype.items()]
+        by_dtype.setdefault((arrays.device(data), data.dtype.str), []).append(p)
+    buffers = [FlatBuffer(members, np.dtype(key[1])) for key, members in by_dtype.items()]
     return FlatParams(params, buffers)

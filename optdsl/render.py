@@ -34,6 +34,17 @@ def quoted_ident(name: str) -> str:
     return "'" + name + "'"
 
 
+_CODE = re.compile(r"[A-Za-z0-9_, ]*\Z")
+
+
+def quoted_code(text: str) -> str:
+    """A string literal of generated code made of identifiers, commas and spaces only
+    (a kernel's parameter list, such as ``'T b_g, S a0'``)."""
+    if not isinstance(text, str) or not _CODE.match(text):
+        raise InternalCompilerError(f"refusing to quote {text!r}")
+    return "'" + text + "'"
+
+
 def number(value: float) -> str:
     """A float literal that evaluates back to exactly ``value``."""
     value = float(value)

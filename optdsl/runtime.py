@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import arrays
 from . import hypers as H
 from .backend import Backend, pool
 from .backend import available as available_backends
@@ -75,9 +76,15 @@ class _Layout:
     # Bytes between the 4 KiB phases of consecutive rows (a multiple of every itemsize).
     PHASE = 1088
 
+    # GPU rows start on 256-byte boundaries instead (whole memory transactions).
+    GPU_ALIGN = 256
+
     def __init__(self, params: list[Any], dtype: np.dtype, names: list[str]):
         self.params = params
         self.dtype = np.dtype(dtype)
+        # Where the state lives: with the params (host memory, or their GPU).
+        self.like = params[0].data
+        self.device = arrays.device(self.like)
         self.offsets = {}
         offset = 0
         for p in params:
@@ -92,6 +99,11 @@ class _Layout:
         """A zeroed (rows, size) view whose row k starts (k + 1) * PHASE bytes into a
         page, modulo 4 KiB, given a page-aligned allocation (as large ones are)."""
         item = self.dtype.itemsize
+        if self.device != "cpu":
+            align = self.GPU_ALIGN // item
+            stride = -(-self.size // align) * align
+            flat = arrays.zeros(rows * stride, self.dtype, self.like)
+            return flat.reshape(rows, stride)[:, : self.size]
         head = self.PHASE // item
         pad = ((self.PHASE - self.size * item) % 4096) // item
         stride = self.size + pad
@@ -104,7 +116,8 @@ class _Layout:
         if not new:
             return False
         buffer = self._allocate(len(self.names) + len(new))
-        buffer[: len(self.names)] = self.buffer
+        with arrays.on_device(self.like):
+            buffer[: len(self.names)] = self.buffer
         self.buffer, self.names = buffer, self.names + new
         return True
 
@@ -253,7 +266,7 @@ class Optimizer:
         self._layouts: dict[tuple[int, str], _Layout] = {}
         self._validated: list[tuple[dict, dict]] = []
         self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        if _is_param(params) or isinstance(params, np.ndarray):
+        if _is_param(params) or arrays.is_array(params):
             raise TypeError(f"{name}: params must be an iterable of parameters or of dicts, "
                             f"got a single {type(params).__name__}")
         if isinstance(params, (set, frozenset)):
@@ -306,7 +319,7 @@ class Optimizer:
                                 "array attributes .data and .grad (wrap arrays in "
                                 "optdsl.Param)")
             dtype = getattr(p.data, "dtype", None)
-            if dtype is None or np.dtype(dtype).kind != "f":
+            if dtype is None or not arrays.is_float(dtype):
                 raise TypeError(f"{name}: parameters must hold floating-point arrays, got "
                                 f"{dtype}")
         if len({id(p) for p in params}) != len(params):
@@ -373,13 +386,15 @@ class Optimizer:
                 elif set_to_none:
                     p.grad = None
                 else:
-                    p.grad[...] = 0
+                    with arrays.on_device(grad):
+                        grad[...] = 0
         for owner, covered, grads in flat.values():
-            if covered == owner.size:
-                owner.fill(0)
-            else:
-                for grad in grads:
-                    grad[...] = 0
+            with arrays.on_device(owner):
+                if covered == owner.size:
+                    owner.fill(0)
+                else:
+                    for grad in grads:
+                        grad[...] = 0
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter that has a gradient; returns the closure's loss."""
@@ -435,6 +450,10 @@ class Optimizer:
         if getattr(grad, "dtype", None) != data.dtype:
             raise OptdslError(f"{name}: gradient dtype {getattr(grad, 'dtype', None)} does "
                               f"not match parameter dtype {data.dtype}")
+        if arrays.is_cupy(grad) != arrays.is_cupy(data) \
+                or arrays.device(grad) != arrays.device(data):
+            raise OptdslError(f"{name}: the gradient ({arrays.describe(grad)}) does not live "
+                              f"where its parameter does ({arrays.describe(data)})")
 
     def _backend_for(self, params: list[Any]) -> Backend:
         """The backend for a group: the one asked for, else the best available one that
@@ -448,23 +467,37 @@ class Optimizer:
                           if allowed is None or n in allowed]
         for backend in candidates:
             if all(backend.accepts(p.data) for p in params):
+                devices = {}
+                for p in params:
+                    devices.setdefault(backend.device(p.data), p)
+                if len(devices) > 1:
+                    a, b = list(devices.values())[:2]
+                    raise OptdslError(f"{type(self).__name__}: parameters of one group live "
+                                      f"on different devices ({arrays.describe(a.data)} and "
+                                      f"{arrays.describe(b.data)}); put them in different "
+                                      "param groups or optimizers")
                 return backend
-        first = candidates[0] if candidates else None
-        odd = next((p for p in params if first is None or not first.accepts(p.data)),
-                   params[0])
-        which = "no backend" if self.backend is None else f"backend {self.backend!r}"
-        a, b = params[0].data, odd.data
-        raise OptdslError(f"{type(self).__name__}: {which} runs every parameter of this "
-                          f"group: parameters of one group live on different devices or "
-                          f"types ({type(a).__name__} {a.dtype} and {type(b).__name__} "
-                          f"{b.dtype}); put them in different optimizers")
+        name = type(self).__name__
+        cannot = ("no backend here runs" if self.backend is None
+                  else f"backend {self.backend!r} cannot run")
+        a = params[0].data
+        b = next((p.data for p in params if arrays.describe(p.data) != arrays.describe(a)),
+                 None)
+        if b is None:
+            raise OptdslError(f"{name}: {cannot} parameters of type {arrays.describe(a)} "
+                              f"(backends here: {', '.join(available_backends())})")
+        raise OptdslError(f"{name}: {cannot} every parameter of this group: parameters of "
+                          f"one group live on different devices or types "
+                          f"({arrays.describe(a)} and {arrays.describe(b)}); put them in "
+                          "different param groups or optimizers")
 
     def _layout(self, index: int, p: Any, names: list[str]) -> _Layout:
         """The layout of ``p``'s group and dtype, holding at least the states ``names``."""
         dtype = np.dtype(p.data.dtype)
         key = (index, dtype.str)
         old = self._layouts.get(key)
-        if old is not None and id(p) in old.offsets and all(n in old.names for n in names):
+        if old is not None and id(p) in old.offsets and all(n in old.names for n in names) \
+                and old.device == arrays.device(p.data):
             return old
         # (Re)build: on first use, when a state appears mid-run (amsgrad turned on), or when
         # a param joined the group (appended to its list) or changed dtype since. The buffer
@@ -482,15 +515,15 @@ class Optimizer:
             for n in old.names:
                 if n in st and _same_view(st[n], old, n, q):
                     view = layout.view(n, q)
-                    np.copyto(view, st[n])
+                    arrays.copy_into(view, st[n])
                     st[n] = view
         self._layouts[key] = layout
         return layout
 
     def _init_state(self, values: dict, p: Any, layout: _Layout, name: str) -> None:
-        init = self._spec.host["init_" + name](values, np.asarray(p.data))
+        init = self._spec.host["init_" + name](values, arrays.for_host_code(p.data))
         view = layout.view(name, p)
-        np.copyto(view, init, casting="unsafe")
+        arrays.copy_into(view, init)
         self.state[p][name] = view
 
     def _kernel(self, values: dict, t: int, dtype: np.dtype, backend: Backend,
@@ -500,7 +533,8 @@ class Optimizer:
         if key not in cache:
             path = self._spec.host["decide"](values, t)
             kernel = self._spec.kernel(backend, path)
-            args = tuple(dtype.type(a) if isinstance(a, np.floating) else a
+            scalar = backend.math_dtype(dtype).type  # float16 params: float32 on a GPU
+            args = tuple(scalar(a) if isinstance(a, np.floating) else a
                          for a in kernel.host_args(values, t))
             cache[key] = (kernel, args, path)
         return cache[key]
@@ -512,23 +546,28 @@ class Optimizer:
         enabled = self._spec.host["state_enabled"](values)
         cache: dict[tuple, tuple] = {}
         for p in live:
-            data, grad = p.data, p.grad
-            st = self.state[p]  # {} before the first step, filled in place as torch does
-            t = st.get("step", 0) + 1
-            kernel, args, _ = self._kernel(values, t, np.dtype(data.dtype), backend, cache)
-            layout = self._prepare_state(index, p, values, enabled, kernel)
-            contiguous = data.flags.c_contiguous
-            flat_p = data.reshape(-1) if contiguous else np.ascontiguousarray(data).reshape(-1)
-            flat_g = np.ascontiguousarray(grad).reshape(-1)
-            buffers = {"p": flat_p, "g": flat_g}
-            for b in kernel.buffers:
-                if b not in buffers:
-                    buffers[b] = layout.flat(b, p)
-            self._launch(kernel, backend, flat_p.size, [buffers[b] for b in kernel.buffers],
-                         args, data.dtype)
-            if not contiguous:
-                data[...] = flat_p.reshape(data.shape)
-            st["step"] = t
+            with arrays.on_device(p.data):  # copies and fills go to the param's GPU
+                self._step_param(index, p, values, enabled, backend, cache)
+
+    def _step_param(self, index, p, values, enabled, backend, cache) -> None:
+        """One param's step by :meth:`_step_group`, on the param's device."""
+        data, grad = p.data, p.grad
+        st = self.state[p]  # {} before the first step, filled in place as torch does
+        t = st.get("step", 0) + 1
+        kernel, args, _ = self._kernel(values, t, np.dtype(data.dtype), backend, cache)
+        layout = self._prepare_state(index, p, values, enabled, kernel)
+        contiguous = data.flags.c_contiguous
+        flat_p = data.reshape(-1) if contiguous else arrays.ascontiguous(data).reshape(-1)
+        flat_g = arrays.ascontiguous(grad).reshape(-1)
+        buffers = {"p": flat_p, "g": flat_g}
+        for b in kernel.buffers:
+            if b not in buffers:
+                buffers[b] = layout.flat(b, p)
+        self._launch(kernel, backend, flat_p.size, [buffers[b] for b in kernel.buffers],
+                     args, data.dtype)
+        if not contiguous:
+            data[...] = flat_p.reshape(data.shape)
+        st["step"] = t
 
     def _prepare_state(self, index, p, values, enabled, kernel) -> _Layout:
         """Make ``p``'s state hold what ``kernel`` reads, as views of the group's layout."""
@@ -542,7 +581,7 @@ class Optimizer:
                 self._init_state(values, p, layout, s)
             elif not _same_view(st[s], layout, s, p):
                 # The user replaced the array (as torch allows): take its values.
-                np.copyto(layout.view(s, p), np.asarray(st[s]), casting="same_kind")
+                arrays.copy_into(layout.view(s, p), st[s], casting="same_kind")
                 st[s] = layout.view(s, p)
         return layout
 
@@ -584,12 +623,13 @@ class Optimizer:
             # conditional state turned on) sends the step back to the param-by-param path.
             covered = set.intersection(*(set(st) for st in states))
             # A list: the step count (first) advances with every step the plan takes.
+            # The last item caches multi-tensor launchers by kernel (see _run_plan).
             out.append([t, dtype, layout, [_run_views(run, layout) for run in runs], states,
-                        covered])
+                        covered, {}])
         params = self.param_groups[index]["params"]
-        arrays = (params, list(params), list(map(_DATA, params)), list(map(_GRAD, params)))
+        held = (params, list(params), list(map(_DATA, params)), list(map(_GRAD, params)))
         rebinds = _REBINDS.n if all(type(p) is Param for p in params) else None
-        return _Plan(signature, arrays, self._version.n, self.state, backend, out, rebinds)
+        return _Plan(signature, held, self._version.n, self.state, backend, out, rebinds)
 
     def _run_plan(self, plan: _Plan, values: dict) -> bool:
         """Step with a plan; False (having changed nothing) if the kernels it needs read
@@ -598,7 +638,7 @@ class Optimizer:
         cache: dict[tuple, tuple] = {}
         calls = []
         for part in plan.parts:
-            t, dtype, layout, runs, states, covered = part
+            t, dtype, layout, runs, states, covered, _ = part
             kernel, args, _ = self._kernel(values, t + 1, dtype, plan.backend, cache)
             names = [b for b in kernel.buffers if b not in ("p", "g")]
             wanted = [s.name for s in self._spec.spec.states if enabled[s.name]]
@@ -606,12 +646,19 @@ class Optimizer:
                 return False
             calls.append((part, kernel, args, dtype, layout, runs, states, t + 1))
         for part, kernel, args, dtype, layout, runs, states, t in calls:
-            for start, stop, flat_p, flat_g in runs:
-                buffers = {"p": flat_p, "g": flat_g}
-                rows = layout.buffer
-                bufs = [buffers[b] if b in buffers else
-                        rows[layout.names.index(b), start:stop] for b in kernel.buffers]
-                self._launch(kernel, plan.backend, stop - start, bufs, args, dtype)
+            if kernel.many is not None and len(runs) > 1:
+                # Params that do not lie end to end: one multi-tensor launch for them all,
+                # through a table of their buffers' addresses made once per plan.
+                launchers = part[6]
+                entry = launchers.get(id(kernel))
+                if entry is None or entry[0] is not kernel:
+                    tensors = [_run_buffers(kernel, layout, run) for run in runs]
+                    entry = launchers[id(kernel)] = (kernel, kernel.many(tensors))
+                entry[1](args)
+            else:
+                for run in runs:
+                    self._launch(kernel, plan.backend, run[1] - run[0],
+                                 _run_buffers(kernel, layout, run), args, dtype)
             # The step's own write (not through _ParamState, so the plan stays valid), in
             # one C-level loop: with a thousand params this is a good part of the overhead.
             _consume(map(dict.__setitem__, states, itertools.repeat("step"),
@@ -648,7 +695,7 @@ class Optimizer:
                 st = self.state.get(p)
                 if not st:  # never stepped (or only looked at): no state, as in torch
                     continue
-                state[ids[id(p)]] = {k: (v if k == "step" else np.array(v, copy=True))
+                state[ids[id(p)]] = {k: (v if k == "step" else arrays.copy(v))
                                      for k, v in st.items()}
         return {"state": state, "param_groups": groups}
 
@@ -705,7 +752,7 @@ class Optimizer:
                 new_state[p] = {"step": entry["step"]}
                 for s, arr in entry.items():
                     if s != "step":
-                        np.copyto(layout.view(s, p), arr, casting="unsafe")
+                        arrays.copy_into(layout.view(s, p), arr)
         for p, st in new_state.items():
             gi = next(i for i, g in enumerate(new_groups) if any(q is p for q in g["params"]))
             layout = layouts[(gi, np.dtype(p.data.dtype).str)]
@@ -729,10 +776,6 @@ class Optimizer:
         return "\n".join(lines)
 
 
-def _address(array: np.ndarray) -> int:
-    return array.__array_interface__["data"][0]
-
-
 def _follows(run: list[Any], p: Any, layout: _Layout) -> bool:
     """Whether ``p`` continues ``run`` in memory: data, grad and state end to end. Empty
     params take no room (NumPy gives them any address), so they never break a run."""
@@ -745,11 +788,19 @@ def _follows(run: list[Any], p: Any, layout: _Layout) -> bool:
     prev = sized[-1]
     for x, y in ((prev.data, p.data), (prev.grad, p.grad)):
         owner = _owner(x)
-        if owner is not _owner(y) or not isinstance(owner, np.ndarray) \
+        if owner is not _owner(y) or not arrays.is_array(owner) \
                 or not owner.flags.c_contiguous or owner.dtype != x.dtype \
-                or _address(x) + x.nbytes != _address(y):
+                or arrays.address(x) + x.nbytes != arrays.address(y):
             return False
     return True
+
+
+def _run_buffers(kernel, layout: _Layout, run: tuple) -> list:
+    """The kernel's buffers, in its order, over one run of a plan."""
+    start, stop, flat_p, flat_g = run
+    rows = layout.buffer
+    return [flat_p if b == "p" else flat_g if b == "g" else
+            rows[layout.names.index(b), start:stop] for b in kernel.buffers]
 
 
 def _owner(array: np.ndarray) -> np.ndarray:
@@ -769,7 +820,7 @@ def _run_views(run: list[Any], layout: _Layout) -> tuple[int, int, np.ndarray, n
     for x in (first.data, first.grad):
         owner = _owner(x)
         flat = owner.reshape(-1)  # the params lie end to end in it: it is contiguous
-        offset = (_address(x) - _address(flat)) // x.itemsize
+        offset = (arrays.address(x) - arrays.address(flat)) // x.itemsize
         views.append(flat[offset: offset + (stop - start)])
     return start, stop, views[0], views[1]
 
@@ -778,8 +829,8 @@ def _same_view(arr: Any, layout: _Layout, name: str, p: Any) -> bool:
     if id(p) not in layout.offsets:  # e.g. a deepcopy of the optimizer: other params
         return False
     view = layout.view(name, p)
-    return (isinstance(arr, np.ndarray) and arr.shape == view.shape
-            and arr.__array_interface__["data"][0] == view.__array_interface__["data"][0]
+    return (arrays.is_array(arr) and arrays.is_cupy(arr) == arrays.is_cupy(view)
+            and arr.shape == view.shape and arrays.address(arr) == arrays.address(view)
             and arr.dtype == view.dtype)
 
 
@@ -827,10 +878,10 @@ def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str]) ->
     out: dict[str, Any] = {}
     # A None entry is a state that does not exist (older torch.optim.SGD saved
     # momentum_buffer=None without momentum).
-    arrays = {k: v for k, v in entry.items() if k != "step" and v is not None}
+    given = {k: v for k, v in entry.items() if k != "step" and v is not None}
     # torch.optim.SGD keeps no 'step': a param with state but no step has stepped already,
     # and must not take the first-step path again (which resets the momentum buffer).
-    step = entry.get("step", 1 if arrays else 0)
+    step = entry.get("step", 1 if given else 0)
     try:
         step_array = np.asarray(step)
         if step_array.dtype.kind not in "iuf" or step_array.ndim != 0:
@@ -841,19 +892,19 @@ def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str]) ->
     if not math.isfinite(step_value) or step_value < 0 or not step_value.is_integer():
         raise StateDictError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
     out["step"] = int(step_value)
-    for key, value in arrays.items():
+    for key, value in given.items():
         if key not in states:
             close = difflib.get_close_matches(key, sorted(states), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise StateDictError(f"{where}: unknown state {key!r}{hint}")
         try:
-            arr = np.asarray(value)
+            arr = arrays.to_numpy(value)
         except Exception as exc:  # noqa: BLE001 - anything unconvertible is a bad entry
             raise StateDictError(f"{where}: {key!r} is not an array ({exc})") from None
         if arr.shape != tuple(np.shape(p.data)):
             raise StateDictError(f"{where}: {key!r} has shape {arr.shape}, the parameter "
                                  f"has {tuple(np.shape(p.data))}")
-        if arr.dtype.kind not in "fiu":
+        if arr.dtype.kind not in "fiu" and not arrays.is_float(arr.dtype):
             raise StateDictError(f"{where}: {key!r} has dtype {arr.dtype}, expected floats")
         out[key] = arr
     return out

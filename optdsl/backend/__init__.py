@@ -28,10 +28,17 @@ class Kernel:
     # What building and first calls cost, for benchmarks; a backend may leave it empty.
     # The numba backend: {"compile_seconds": {dtype.str: seconds}, "cache_hit": bool}.
     stats: dict = field(default_factory=dict, compare=False)
+    # Backends that can step many separate tensors in one launch set ``many``:
+    # ``many(tensors)``, given each tensor's 1-D buffers in ``buffers`` order, returns a
+    # launcher ``launch(args)`` to call every step while those buffers stay the same.
+    many: Callable[[list], Callable[[tuple], None]] | None = field(default=None,
+                                                                   compare=False)
 
 
 class Backend:
     name: str = ""
+    # "cpu": runs NumPy arrays in host memory; "cuda": runs CuPy arrays on a GPU.
+    device_kind: str = "cpu"
     priority: int = 0  # higher wins when backend=None and several accept the arrays
     # True: ``kernel.run`` spreads the work over threads itself, so the runtime calls it
     # once over the whole buffer, ``run(n, *buffers, args, None, 0, 0, n)``, instead of
@@ -43,6 +50,18 @@ class Backend:
 
     def accepts(self, array: Any) -> bool:
         raise NotImplementedError
+
+    def device(self, array: Any) -> Any:
+        """Where ``array`` lives, for telling devices apart within a group (None: the
+        host's memory)."""
+        return None
+
+    def math_dtype(self, dtype: Any) -> Any:
+        """The dtype the kernels compute in, and take scalar arguments in, for buffers
+        of ``dtype`` (the storage type itself, unless the backend widens it)."""
+        import numpy as np
+
+        return np.dtype(dtype)
 
     def render(self, program, *, kind: str, path: tuple[int, ...]) -> str:
         raise NotImplementedError
@@ -58,7 +77,7 @@ def template(name: str):
     import jinja2
 
     from .._resources import data_dir
-    from ..render import ident, quoted_ident
+    from ..render import ident, quoted_code, quoted_ident
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("codegen"))),
@@ -70,7 +89,38 @@ def template(name: str):
     )
     env.filters["ident"] = lambda name, prefix="v_": ident(name, prefix)
     env.filters["quoted"] = quoted_ident
+    env.filters["quoted_text"] = quoted_code
     return env.get_template(name)
+
+
+class ScalarCode:
+    """What the backends that render an element's update as scalar code (numba, cupy)
+    share: operand names (``xN`` for the IR's elementwise value %N, ``aN`` for the
+    kernel's N-th scalar argument, constants as ``constant(value)`` renders them) and the
+    walk over the body, each source line's group of ops headed by ``comment(line)``."""
+
+    def __init__(self, program, constant: Callable[[Any], str]):
+        self.program = program
+        self.consts = {i.out.id: i.attr for i in program.host if i.op == "const"}
+        self.args = {v.id: f"a{k}" for k, v in enumerate(program.kernel_args)}
+        self.constant = constant
+
+    def operand(self, v) -> str:
+        if v.type.is_tensor:
+            return f"x{v.id}"
+        if v.id in self.consts:
+            return self.constant(self.consts[v.id])
+        return self.args[v.id]
+
+    def body(self, comment: Callable[[int], str], load: Callable[[Any], list[str]],
+             op: Callable[[Any], list[str]]) -> list[str]:
+        lines, last = [], None
+        for ins in self.program.body:
+            if ins.span is not None and ins.span.line != last:
+                lines.append(comment(ins.span.line))  # heads its group of ops
+                last = ins.span.line
+            lines.extend(load(ins) if ins.op == "load" else op(ins))
+        return lines
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -91,9 +141,11 @@ def get(name: str) -> Backend:
     return backend
 
 
-def available() -> list[str]:
-    """Names of the backends usable on this machine, best first."""
-    ready = [b for b in _REGISTRY.values() if b.available()]
+def available(device_kind: str | None = None) -> list[str]:
+    """Names of the backends usable on this machine, best first; only those for
+    ``device_kind`` ("cpu" or "cuda") if given."""
+    ready = [b for b in _REGISTRY.values() if b.available()
+             and (device_kind is None or b.device_kind == device_kind)]
     return [b.name for b in sorted(ready, key=lambda b: -b.priority)]
 
 
@@ -109,3 +161,4 @@ def pick(array: Any) -> Backend:
 # only where it is installed, and numba itself is imported only when first used.
 from . import numpy_backend  # noqa: E402,F401,I001
 from . import numba_backend  # noqa: E402,F401
+from . import cupy_backend  # noqa: E402,F401

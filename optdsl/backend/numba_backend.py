@@ -43,7 +43,7 @@ from ..ir import Program
 from ..ops import quiet
 from ..render import ident, number
 from ..syntax import line_comment
-from . import Backend, Kernel, pool, register, template
+from . import Backend, Kernel, ScalarCode, pool, register, template
 
 # Below this many elements the serial twin runs even when threads are free: waking
 # numba's threads (its OpenMP layer here) costs 10-15 us, more than a second core saves on
@@ -155,26 +155,12 @@ class NumbaBackend(Backend):
         from .. import __version__
 
         notes = dict(program.notes)
-        consts = {i.out.id: i.attr for i in program.host if i.op == "const"}
-        args = {v.id: f"a{k}" for k, v in enumerate(program.kernel_args)}
         constant = _Constants()
+        code = ScalarCode(program, lambda value: repr(bool(value))
+                          if isinstance(value, bool) else constant(value))
+        args, operand = code.args, code.operand
 
-        def operand(v) -> str:
-            if v.type.is_tensor:
-                return f"x{v.id}"
-            if v.id in consts:
-                value = consts[v.id]
-                return repr(bool(value)) if isinstance(value, bool) else constant(value)
-            return args[v.id]
-
-        body, last = [], None
-        for ins in program.body:
-            if ins.span is not None and ins.span.line != last:
-                body.append(line_comment(ins.span.line, notes))  # heads its group of ops
-                last = ins.span.line
-            if ins.op == "load":
-                body.append(f"x{ins.out.id} = {ident(ins.attr, 'c_')}[i]")
-                continue
+        def op(ins) -> list[str]:
             if ins.op not in _FORMAT:
                 raise InternalCompilerError(f"numba backend cannot render op {ins.op!r}")
             lines = _FORMAT[ins.op]
@@ -185,7 +171,10 @@ class NumbaBackend(Backend):
             if any("{one}" in line for line in lines):
                 named["one"] = constant(1.0)
             operands = [operand(a) for a in ins.args]
-            body.extend(line.format(*operands, **named) for line in lines)
+            return [line.format(*operands, **named) for line in lines]
+
+        body = code.body(lambda line: line_comment(line, notes),
+                         lambda ins: [f"x{ins.out.id} = {ident(ins.attr, 'c_')}[i]"], op)
         outputs = [name for name, _ in program.outputs]
         stores = [f"{ident(name, 'c_')}[i] = {operand(var)}" for name, var in program.outputs]
         buffers = list(program.loads) + [n for n in outputs if n not in program.loads]

@@ -26,7 +26,8 @@ from optdsl.backend import get as get_backend  # noqa: E402
 from optdsl.backend import numba_backend, pick  # noqa: E402
 from optdsl.compiler import load_spec  # noqa: E402
 from optdsl.ir import ARITH_OPS, COMPARE_OPS, LOGIC_OPS  # noqa: E402
-from optdsl.optim import SGD, STDLIB, Adadelta, Adagrad, Adam, AdamW, RMSprop, load  # noqa: E402
+from optdsl.optim import STDLIB, Adam, load  # noqa: E402
+from tests.backend.stdlib_cases import CASES, case_id  # noqa: E402
 from tests.property.harness import assert_same_bits  # noqa: E402
 from tests.security.test_injection import (  # noqa: E402
     DOUBLE_PAYLOAD,
@@ -52,30 +53,9 @@ def _defaults(monkeypatch):
 
 # --- the stdlib, numba against numpy --------------------------------------------------
 
-CASES = [
-    (SGD, {}),
-    (SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2}),
-    (SGD, {"momentum": 0.5, "dampening": 0.1, "maximize": True}),
-    (Adam, {}),
-    (Adam, {"amsgrad": True, "weight_decay": 0.1, "betas": (0.8, 0.99)}),
-    (Adam, {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True}),
-    (AdamW, {}),
-    (AdamW, {"amsgrad": True, "lr": 0.1, "eps": 1e-3}),
-    (RMSprop, {}),
-    (RMSprop, {"centered": True, "momentum": 0.9}),
-    (RMSprop, {"weight_decay": 0.1, "alpha": 0.9, "maximize": True}),
-    (Adagrad, {}),
-    (Adagrad, {"lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.1}),
-    (Adadelta, {}),
-    (Adadelta, {"weight_decay": 0.1, "rho": 0.5, "maximize": True}),
-]
 # Empty, one, odd, and around the length where the parallel twin takes over.
 SIZES = (0, 1, 7, THRESHOLD - 1, THRESHOLD, THRESHOLD + 7)
 
-
-def _case_id(case) -> str:
-    cls, hypers = case
-    return cls.__name__ + "".join(f"-{k}" for k in hypers)
 
 
 def trajectory(cls, hypers, backend, n, dtype, threads=None, steps=4):
@@ -122,16 +102,16 @@ def test_stdlib_elementwise_code_uses_only_exact_ops(name):
 
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=("float32", "float64"))
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_stdlib_matches_numpy_backend_bit_for_bit(case, dtype):
     cls, hypers = case
     for n in SIZES:
         want = trajectory(cls, hypers, "numpy", n, dtype)
         got = trajectory(cls, hypers, "numba", n, dtype, threads=2)
-        assert_same_trajectory(got, want, f"{_case_id(case)} n={n} {np.dtype(dtype).name}")
+        assert_same_trajectory(got, want, f"{case_id(case)} n={n} {np.dtype(dtype).name}")
 
 
-@pytest.mark.parametrize("case", [CASES[4], CASES[9], CASES[12]], ids=_case_id)
+@pytest.mark.parametrize("case", [CASES[4], CASES[10], CASES[13]], ids=case_id)
 def test_results_are_identical_for_one_and_two_threads(case):
     cls, hypers = case
     n = 3 * THRESHOLD + 5  # each thread's range ends off a vector boundary

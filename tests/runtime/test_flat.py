@@ -147,7 +147,7 @@ def test_flat_zero_grad_fills_in_place():
 @pytest.mark.parametrize("bad", [np.ones(3), object(), 3.0, [1.0, 2.0]],
                          ids=["ndarray", "object", "float", "list"])
 def test_a_non_param_is_a_type_error(bad):
-    with pytest.raises(TypeError, match="not a parameter with a NumPy array .data"):
+    with pytest.raises(TypeError, match="not a parameter with a NumPy or CuPy array .data"):
         optdsl.flatten([Param(np.ones(2)), bad])
 
 
@@ -297,7 +297,7 @@ class _NumpyWithCountingZeros:
 
 @pytest.mark.parametrize("cover", ["all", "part"])
 def test_zero_grad_fills_a_whole_buffer_once(monkeypatch, cover):
-    monkeypatch.setattr("optdsl.flat.np", _NumpyWithCountingZeros())
+    monkeypatch.setattr("optdsl.arrays.np", _NumpyWithCountingZeros())
     monkeypatch.setattr(_CountingArray, "fills", [])
     params, flat = _flat_with_grads()
     buffer = flat.buffers[0]

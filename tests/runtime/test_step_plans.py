@@ -212,7 +212,7 @@ def test_flattened_steps_match_the_param_by_param_path(cls, hypers, dtype, launc
     assert all(opt.state[p]["step"] == 15 for p in fast)
 
 
-@pytest.mark.parametrize("backend", optdsl.backends())
+@pytest.mark.parametrize("backend", optdsl.backends("cpu"))
 def test_every_backend(backend, planned):
     arrs = arrays(dtypes=(np.float32, np.float64), seed=26)
     fast, _, slow = twins(arrs)
