@@ -4,12 +4,14 @@ DESIGN.md: generated source "never contains user text other than validated ident
 re-rendered numbers". Strings travel as tuples of code points (``_text((109, ...))``) and
 identifiers are re-checked and prefixed (``v_lr``), so these tests look for user text in
 every generated source, and parse every generated source to check what its string
-literals and comments are.
+literals and comments are. The CuPy backend's modules also hold CUDA C++ in string
+literals; those are checked line by line against what its template and renderer can emit.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import keyword
 import re
@@ -22,6 +24,7 @@ import pytest
 import optdsl
 from optdsl._resources import data_dir
 from optdsl.api import make_class
+from optdsl.backend import cupy_backend
 from optdsl.backend import get as get_backend
 from optdsl.compiler import load_spec
 from optdsl.optim import STDLIB, load
@@ -247,18 +250,33 @@ EVIL = load_spec(evil_spec(Path("/nonexistent/pwned")), "modal.opt")
 
 
 def check_generated(source: str, *, imports=(["numpy"], ["ops"]), fixed_docstrings=None,
-                    comments=None) -> None:
+                    comments=None, literals=None) -> None:
     """Only validated identifiers, numbers and template text: no string literal but an
     identifier, no import but ``imports``, no dunder attribute, only the template's
-    comments and docstrings (the NumPy template's unless given)."""
+    comments and docstrings (the NumPy template's unless given). ``literals`` maps a
+    module-level name to a check of the string (or each string of the tuple) assigned to
+    it, instead of the identifier rule; every such name must be assigned."""
     fixed_docstrings = FIXED_DOCSTRINGS if fixed_docstrings is None else fixed_docstrings
     comments = COMMENTS if comments is None else comments
+    literals = literals or {}
     tree = ast.parse(source)
     docstrings = _docstrings(tree)
     assert {d.value for d in docstrings} <= fixed_docstrings
+    checked, assigned = set(), set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                isinstance(node.targets[0], ast.Name) and node.targets[0].id in literals:
+            name = node.targets[0].id
+            values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            for value in values:
+                assert isinstance(value, ast.Constant) and isinstance(value.value, str), name
+                literals[name](value.value)
+                checked.add(id(value))
+            assigned.add(name)
+    assert assigned == set(literals), f"not assigned: {sorted(set(literals) - assigned)}"
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-                not any(node is d for d in docstrings):
+                not any(node is d for d in docstrings) and id(node) not in checked:
             assert IDENTIFIER.match(node.value) and not keyword.iskeyword(node.value), \
                 f"string literal {node.value!r} in generated code"
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -290,3 +308,179 @@ def test_the_checks_above_would_catch_a_leak():
         check_generated("x = 1  # touch /tmp/pwned\n")
     with pytest.raises(AssertionError):
         check_generated("import os\n")
+
+
+# --- the cupy backend: CUDA C++ in string literals ------------------------------------
+
+# Rendering needs neither cupy nor a GPU, so these checks run everywhere: the backend
+# object itself renders (get_backend("cupy") would ask for cupy to be installed).
+CUPY = cupy_backend.CupyBackend()
+CUPY_TEMPLATE = (data_dir("codegen") / "cupy.py.j2").read_text()
+CUPY_COMMENTS = template_comment_patterns("cupy.py.j2")
+CUPY_DOCSTRINGS = {d.value for d in _docstrings(ast.parse(
+    load_spec(PROBE, "probe.opt").kernel(CUPY, ()).source))}
+
+
+def _template_string(name: str) -> str:
+    """The text of the template's ``NAME = r\"\"\"...\"\"\"`` literal."""
+    return CUPY_TEMPLATE.split(f'\n{name} = r"""', 1)[1].split('"""', 1)[0]
+
+
+# Fixed text: the preamble is rendered as the template holds it; the options are the
+# template's tuple.
+CUPY_PREAMBLE = _template_string("PREAMBLE")
+CUPY_OPTIONS = ast.literal_eval(re.search(r"^OPTIONS = (.*)$", CUPY_TEMPLATE, re.M).group(1))
+
+# What the renderer emits in a body line (cupy_backend.render): values xN, scalar
+# arguments aN, constants cast to F (NumPy's repr of a float, maybe negated, or NaN and
+# infinity from the preamble's helpers), each op a fixed C++ shape.
+_ID = r"[A-Za-z_][A-Za-z0-9_]*"
+_NUM = r"(?:[0-9]+\.[0-9]+(?:e[-+][0-9]+)?|[0-9]+e[-+][0-9]+)"
+_CONST = (rf"\(\(F\)(?:{_NUM}|\(-{_NUM}\)|optdsl_nan\(\)|optdsl_inf\(\)|"
+          r"\(-optdsl_inf\(\)\))\)")
+_V = rf"(?:x[0-9]+|a[0-9]+|{_CONST}|true|false)"
+_EXPR = "(?:" + "|".join([
+    _V,  # copy
+    rf"[-!]{_V}",
+    rf"{_V} (?:[-+*/<>]|[<>=!]=|&&|\|\|) {_V}",
+    rf"(?:optdsl_mod|optdsl_min|optdsl_max|pow)\({_V}, {_V}\)",
+    rf"(?:sqrt|exp|log|fabs|optdsl_sign|floor|cos|sin|tanh)\({_V}\)",
+    rf"\(\(F\)1\.0\) / sqrt\({_V}\)",  # rsqrt
+    rf"{_V} \? {_V} : {_V}",
+]) + ")"
+# "// line N: <statement>": the statement re-rendered, made of the same tokens as the
+# Python comments' (names, numbers, operators, brackets, <string>).
+_TOKEN = (r"(?:[A-Za-z_][A-Za-z0-9_]*|[0-9][A-Za-z0-9_.+-]*|<string>|\*\*|[-+*/%<>=!]=?"
+          r"|[(),\[\]:]| )")
+_BODY = [
+    rf"const F x[0-9]+ = \(F\)b_(?P<buffer>{_ID});",
+    rf"const (?:F|bool) x[0-9]+ = {_EXPR};",
+    rf"b_(?P<output>{_ID}) = \(T\)\({_V}\);",
+    rf"// line [0-9]+(?:: {_TOKEN}+)?",
+]
+OPERATION_LINES = [re.compile(p) for p in ["", re.escape("// the step's results"), *_BODY]]
+# The multi-tensor kernel: the template's fixed lines exactly, its lines with holes as
+# patterns, and the body lines indented.
+MULTI_LINES = [re.compile(re.escape(line)) for line in _template_string("MULTI").split("\n")
+               if "{{" not in line and "{%" not in line]
+MULTI_LINES += [re.compile(p) for p in [
+    rf'extern "C" __global__ void (?P<kernel>{_ID})\(',
+    r"    const long long\* __restrict__ table, const long long n_tensors"
+    r"(?:, (?:S|bool) a[0-9]+)*\) \{",
+    r"  const long long\* blocks = pointers \+ [0-9]+ \* n_tensors;",
+    r"  const long long end = start \+ (?P<chunk>[0-9]+) < sizes\[t\] \? "
+    r"start \+ (?P=chunk) : sizes\[t\];",
+    rf"  (?:const )?T\* __restrict__ _raw_b_(?P<buffer>{_ID}) = \((?:const )?T\*\)"
+    r"pointers\[[0-9]+ \* n_tensors \+ t\];",
+    rf"    (?:const )?T &b_(?P<buffer>{_ID}) = _raw_b_(?P=buffer)\[i\];",
+    *("    " + p for p in _BODY),
+]]
+_PARAM = re.compile(rf"T b_(?P<buffer>{_ID})|(?:S|bool) a[0-9]+")
+
+
+def check_cuda_lines(text: str, patterns: list[re.Pattern], names: dict[str, set]) -> None:
+    """Every line of ``text`` is one of ``patterns``; each name a pattern captures is one
+    of ``names[group]`` (the module's buffers, outputs, kernel name)."""
+    for line in text.split("\n"):
+        match = next((m for p in patterns if (m := p.fullmatch(line))), None)
+        assert match is not None, f"CUDA line {line!r} is not one the cupy backend emits"
+        for group, value in match.groupdict().items():
+            if group in names:
+                assert value in names[group], f"{group} {value!r} in CUDA line {line!r}"
+
+
+def check_cuda_params(text: str, names: dict[str, set]) -> None:
+    """``'T b_g, S a0, bool a1'``: buffers of the module, and numbered scalars."""
+    for item in text.split(", ") if text else ():
+        match = _PARAM.fullmatch(item)
+        assert match is not None, f"parameter {item!r}"
+        assert match["buffer"] is None or match["buffer"] in names["buffer"], item
+
+
+def _check_fixed(expected, text: str) -> None:
+    assert text in expected, f"{text[:60]!r} is not the template's"
+
+
+def check_cupy_source(source: str) -> None:
+    """The Python checks, with the CUDA strings checked line by line instead of as
+    identifiers."""
+    module = {node.targets[0].id: node.value for node in ast.parse(source).body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    buffers = set(ast.literal_eval(module["BUFFERS"]))
+    names = {"buffer": buffers, "output": set(ast.literal_eval(module["OUTPUTS"])) & buffers,
+             "kernel": {ast.literal_eval(module["MULTI_NAME"])}}
+    check_generated(source, fixed_docstrings=CUPY_DOCSTRINGS, comments=CUPY_COMMENTS,
+                    literals={
+                        "IN_PARAMS": functools.partial(check_cuda_params, names=names),
+                        "OUT_PARAMS": functools.partial(check_cuda_params, names=names),
+                        "OPTIONS": functools.partial(_check_fixed, CUPY_OPTIONS),
+                        "PREAMBLE": functools.partial(_check_fixed, (CUPY_PREAMBLE,)),
+                        "OPERATION": functools.partial(check_cuda_lines,
+                                                       patterns=OPERATION_LINES, names=names),
+                        "MULTI": functools.partial(check_cuda_lines, patterns=MULTI_LINES,
+                                                   names=names),
+                    })
+
+
+def cupy_sources(spec) -> list[str]:
+    return [spec.kernel(CUPY, path).source for path in spec.paths()]
+
+
+def test_cupy_template_literals_are_fixed_text():
+    """The preamble and options the checks compare with hold no template holes."""
+    assert "{{" not in CUPY_PREAMBLE and "{%" not in CUPY_PREAMBLE
+    assert "optdsl_mod" in CUPY_PREAMBLE
+    assert CUPY_OPTIONS == ("--fmad=false",)
+    assert len(MULTI_LINES) > len(_BODY) + 8  # the template's fixed kernel lines are there
+
+
+@pytest.mark.parametrize("name", sorted(STDLIB_SPECS) + ["evil"])
+def test_cupy_sources_hold_only_identifiers_numbers_and_template_text(name):
+    spec = EVIL if name == "evil" else STDLIB_SPECS[name]
+    sources = cupy_sources(spec)
+    assert len(sources) >= 2
+    for source in sources:
+        check_cupy_source(source)
+        assert "ElementwiseKernel" in source and "const F x" in source
+
+
+def test_string_hypers_and_literals_never_reach_cupy_code(tmp_path):
+    marker = tmp_path / "pwned"
+    spec = load_spec(evil_spec(marker), "modal.opt")
+    a = PAYLOAD.format(marker=marker)
+    b = DOUBLE_PAYLOAD.format(marker=marker)
+    sources = cupy_sources(spec)
+    assert len(sources) == len(spec.paths()) >= 4
+    assert_inert(sources, marker, a, b, a[:12], b[:12], "touch")
+    for source in sources:
+        check_cupy_source(source)
+
+
+def _adam_cupy_source() -> str:
+    return STDLIB_SPECS["Adam"].kernel(CUPY, STDLIB_SPECS["Adam"].paths()[-1]).source
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    # code in the body, the kernel or the preamble
+    ("// the step's results", '// the step\'s results\nsystem("touch /tmp/pwned");'),
+    ("  for (long long i", '  system("touch /tmp/pwned");\n  for (long long i'),
+    ("// F: the math type", '#include "/etc/passwd"\n// F: the math type'),
+    # user text in a comment, or a comment continued onto the next line
+    ("// line 26: exp_avg", '// line 26: "touch /tmp/pwned" exp_avg'),
+    ("// line 26: exp_avg = b1 * exp_avg + (1 - b1) * g",
+     "// line 26: exp_avg = b1 * exp_avg + (1 - b1) * g \\"),
+    # a name that is not a buffer, or a store to one the kernel only reads
+    ("const F x1 = (F)b_g;", "const F x1 = (F)b_pwned;"),
+    ("b_p = (T)(", "b_g = (T)("),
+    ("IN_PARAMS = 'T b_g, ", "IN_PARAMS = 'T b_g, S a0); system(x); (S a9, "),
+    ("OPTIONS = ('--fmad=false', )", "OPTIONS = ('--fmad=false', '-I/tmp/pwned', )"),
+    ("extern \"C\" __global__ void optdsl_Adam", "extern \"C\" __global__ void pwned_Adam"),
+])
+def test_the_cuda_checks_would_catch_a_leak(old, new):
+    """The CUDA checker is not vacuous: the real source passes, and each of these edits
+    (a line of code, user text, a name that is not the module's) fails it."""
+    source = _adam_cupy_source()
+    check_cupy_source(source)
+    assert source.count(old) >= 1
+    with pytest.raises(AssertionError):
+        check_cupy_source(source.replace(old, new))
