@@ -52,6 +52,35 @@ def test_the_tour_runs(tmp_path, monkeypatch, capsys):
     assert all(float(p.data[0, 0]) < 0 for p in layers)
 
 
+def test_the_gpu_block_runs(tmp_path, monkeypatch, capsys):
+    """On a GPU with real CuPy; elsewhere with tests/fakecupy.py, which runs the CUDA
+    kernels' C++ on the CPU."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fakecupy
+
+    code = next(b for b in blocks("python") if "cupy.zeros" in b)
+    namespace: dict = {}
+    exec(compile(blocks("python")[0], "README.md", "exec"), namespace)  # noqa: S102 - imports
+    try:
+        import cupy
+
+        real = cupy.is_available()
+    except ImportError:
+        real = False
+    if real:
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    else:
+        if not fakecupy.cuda_cpu.available():
+            pytest.skip("no GPU, and no g++ to run the kernels on the CPU")
+        with fakecupy.installed():
+            exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    w = namespace["w"]
+    assert float(w.data[0, 0]) == pytest.approx(-1e-3, rel=1e-4)  # Adam's first step: -lr
+    assert capsys.readouterr().out.strip().endswith("True")
+
+
 def test_the_error_shown_is_the_error_raised():
     lion = blocks("")[0]
     shown = next(b for b in blocks("") if "did you mean" in b).strip()
