@@ -120,3 +120,31 @@ def test_targets_pass_and_miss_in_the_right_direction():
     key = "optdsl fast Adam 16M of copy bandwidth"
     assert (faster[key], slower[key]) == ("PASS", "MISS")
     assert faster["optdsl fast Adam 64M"] == "SKIP"  # not measured: skipped, not failed
+
+
+# --- the GPU benchmark (runs only where there is a GPU: here, its arithmetic and report) ---
+
+def test_gpu_bench_sizes_and_report():
+    from benchmarks import gpu_bench
+
+    assert gpu_bench.parse_size("10M") == 10**7 and gpu_bench.parse_size("1B") == 10**9
+    assert gpu_bench.steps_for(10**9) >= 5 and gpu_bench.steps_for(10**7) <= 200
+    row = {"optimizer": "Adam", "params": 10**8, "layout": "1 tensor", "optdsl_ms": 0.7,
+           "torch_fused_ms": 0.84, "speedup_vs_torch": 1.2, "optdsl_bw_fraction": 0.93,
+           "torch_fused_bw_fraction": 0.775}
+    variant = {"optimizer": "Adam", "params": 10**8, "multi_rawkernel_ms": 0.75,
+               "multi_rawkernel_bw_fraction": 0.868}
+    text = gpu_bench.render({"gpu": "NVIDIA H200", "cupy": "14.2.0", "torch": "2.11",
+                             "numpy": "2", "copy_TBps": 4.3, "seconds": 60, "rows": [row],
+                             "variants": [variant]})
+    assert "| Adam | 100,000,000 | 1 tensor | 0.700 | 0.840 | 1.20x | 93.0% | 77.5% |" in text
+    assert "- multi_rawkernel: 0.750 ms, 86.8%" in text
+
+
+def test_gpu_check_script_is_valid_bash():
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    text = script.read_text()
+    assert "pytest -m gpu" in text and "benchmarks.gpu_bench" in text and '"$out"' in text
