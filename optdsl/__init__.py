@@ -12,12 +12,22 @@ __version__ = "0.1.0"
 from .api import compile  # noqa: E402  (shadows the builtin on purpose: optdsl.compile)
 from .backend import available as _available  # noqa: E402
 from .backend.pool import num_threads, set_num_threads  # noqa: E402
+from .checkpoint import LoadReport, load, save  # noqa: E402
 from .errors import (  # noqa: E402
     CheckError,
+    CheckpointChecksumError,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointVersionError,
+    GradientError,
+    GradientTypeError,
     HyperError,
     HyperTypeError,
     InternalCompilerError,
     OptdslError,
+    ParamGroupError,
+    ParamGroupTypeError,
     ParseError,
     ScheduleError,
     SpecError,
@@ -37,6 +47,9 @@ __all__ = [
     "compile", "backends", "Param", "Optimizer", "flatten", "FlatParams", "OptdslError",
     "SpecError", "ParseError",
     "CheckError", "HyperError", "HyperTypeError", "ScheduleError", "StateDictError",
-    "InternalCompilerError",
+    "InternalCompilerError", "GradientError", "GradientTypeError", "ParamGroupError",
+    "ParamGroupTypeError",
+    "save", "load", "LoadReport", "CheckpointError", "CheckpointCorruptError",
+    "CheckpointChecksumError", "CheckpointVersionError", "CheckpointMismatchError",
     "set_num_threads", "num_threads", "__version__",
 ]

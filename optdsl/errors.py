@@ -136,5 +136,47 @@ class StateDictError(OptdslError, ValueError):
     """A state_dict that does not fit this optimizer. The optimizer was left untouched."""
 
 
+class CheckpointError(OptdslError):
+    """A checkpoint that cannot be saved or loaded (see :mod:`optdsl.checkpoint`). A failed
+    ``optdsl.load`` leaves the optimizer, scheduler, params and scaler exactly as they were;
+    a failed ``optdsl.save`` leaves the file at its path as it was."""
+
+
+class CheckpointCorruptError(CheckpointError, ValueError):
+    """The file is not a complete, intact optdsl checkpoint: truncated, damaged, or not a
+    checkpoint at all."""
+
+
+class CheckpointChecksumError(CheckpointCorruptError):
+    """The file parses, but its contents do not match the checksums stored in it."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """The file was written in a newer checkpoint format than this optdsl reads."""
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """An intact checkpoint that does not fit what it is loaded into: another optimizer class
+    or spec, other params, shapes or dtypes, another schedule."""
+
+
+class GradientError(OptdslError, ValueError):
+    """A gradient that does not fit its parameter (its shape, or where it lives), found by
+    ``step()`` before it changed anything."""
+
+
+class GradientTypeError(GradientError, TypeError):
+    """A gradient that is not an array, or not of its parameter's dtype."""
+
+
+class ParamGroupError(OptdslError, ValueError):
+    """Param groups that cannot be stepped: no parameters, or a parameter listed twice (in
+    one group or in two)."""
+
+
+class ParamGroupTypeError(ParamGroupError, TypeError):
+    """A group's ``params`` that is not an ordered collection of parameters (a set, say)."""
+
+
 class InternalCompilerError(Exception):
     """A bug in optdsl, not in the user's spec. Please report it."""

@@ -6,6 +6,7 @@ mutation of parameters and state happens here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import itertools
@@ -23,7 +24,16 @@ from .backend import Backend, pool
 from .backend import available as available_backends
 from .backend import get as get_backend
 from .compiler import CompiledSpec
-from .errors import HyperError, HyperTypeError, OptdslError, StateDictError
+from .errors import (
+    GradientError,
+    GradientTypeError,
+    HyperError,
+    HyperTypeError,
+    OptdslError,
+    ParamGroupError,
+    ParamGroupTypeError,
+    StateDictError,
+)
 
 
 class _Version:
@@ -247,11 +257,17 @@ class Optimizer:
 
     Mirrors ``torch.optim.Optimizer``: ``param_groups``, ``state``, ``step``,
     ``zero_grad``, ``add_param_group``, ``state_dict`` and ``load_state_dict``.
+
+    Besides the spec's hypers, the constructor takes ``backend`` (a backend's name, or
+    None for the best one for where the arrays live) and ``skip_nonfinite`` (skip steps
+    whose gradients hold a nan or an inf; see :meth:`step`, which sets
+    ``last_step_skipped`` and counts ``skipped_steps``).
     """
 
     _spec: CompiledSpec
 
-    def __init__(self, params: Iterable[Any], *, backend: str | None = None, **hypers: Any):
+    def __init__(self, params: Iterable[Any], *, backend: str | None = None,
+                 skip_nonfinite: bool = False, **hypers: Any):
         name = type(self).__name__
         self.defaults: dict[str, Any] = H.resolve(self._spec.hypers, hypers, name)
         self._check_requires(self.defaults)
@@ -266,15 +282,25 @@ class Optimizer:
         self._layouts: dict[tuple[int, str], _Layout] = {}
         self._validated: list[tuple[dict, dict]] = []
         self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        # Not a hyper (it is no part of the update rule) but how step() treats a step
+        # whose gradients hold a nan or an inf; see step().
+        if not isinstance(skip_nonfinite, (bool, np.bool_)):
+            raise TypeError(f"{name}: skip_nonfinite must be True or False, got "
+                            f"{skip_nonfinite!r}")
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.last_step_skipped = False
+        self.skipped_steps = 0
+        self._state_names = tuple(s.name for s in self._spec.spec.states)
         if _is_param(params) or arrays.is_array(params):
-            raise TypeError(f"{name}: params must be an iterable of parameters or of dicts, "
-                            f"got a single {type(params).__name__}")
+            raise ParamGroupTypeError(f"{name}: params must be an iterable of parameters or "
+                                      f"of dicts, got a single {type(params).__name__}")
         if isinstance(params, (set, frozenset)):
-            raise TypeError(f"{name}: params must be an ordered collection such as a list, "
-                            "not a set: their order numbers them in the state_dict")
+            raise ParamGroupTypeError(f"{name}: params must be an ordered collection such as "
+                                      "a list, not a set: their order numbers them in the "
+                                      "state_dict")
         groups = list(params)
         if not groups:
-            raise ValueError(f"{name} got an empty parameter list")
+            raise ParamGroupError(f"{name} got an empty parameter list")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         for group in groups:
@@ -303,31 +329,33 @@ class Optimizer:
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         name = type(self).__name__
         if not isinstance(param_group, dict):
-            raise TypeError(f"{name}: a param group must be a dict, got "
-                            f"{type(param_group).__name__}")
+            raise ParamGroupTypeError(f"{name}: a param group must be a dict, got "
+                                      f"{type(param_group).__name__}")
         if "params" not in param_group:
-            raise TypeError(f"{name}: a param group needs a 'params' entry")
+            raise ParamGroupTypeError(f"{name}: a param group needs a 'params' entry")
         params = param_group["params"]
         if isinstance(params, (set, frozenset)):
-            raise TypeError(f"{name}: a param group's params must be an ordered collection "
-                            "such as a list, not a set: their order numbers them in the "
-                            "state_dict")
+            raise ParamGroupTypeError(f"{name}: a param group's params must be an ordered "
+                                      "collection such as a list, not a set: their order "
+                                      "numbers them in the state_dict")
         params = [params] if _is_param(params) else list(params)
         for p in params:
             if not _is_param(p):
-                raise TypeError(f"{name}: {type(p).__name__} is not a parameter: it needs "
-                                "array attributes .data and .grad (wrap arrays in "
-                                "optdsl.Param)")
+                raise ParamGroupTypeError(f"{name}: {type(p).__name__} is not a parameter: "
+                                          "it needs array attributes .data and .grad (wrap "
+                                          "arrays in optdsl.Param)")
             dtype = getattr(p.data, "dtype", None)
             if dtype is None or not arrays.is_float(dtype):
-                raise TypeError(f"{name}: parameters must hold floating-point arrays, got "
-                                f"{dtype}")
+                raise ParamGroupTypeError(f"{name}: parameters must hold floating-point "
+                                          f"arrays, got {dtype}")
         if len({id(p) for p in params}) != len(params):
-            raise ValueError(f"{name}: a param group holds the same parameter twice")
-        existing = {id(p) for g in self.param_groups for p in g["params"]}
-        if any(id(p) in existing for p in params):
-            raise ValueError(f"{name}: some parameters appear in more than one parameter "
-                             "group")
+            raise ParamGroupError(f"{name}: a param group holds the same parameter twice")
+        existing = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
+        for p in params:
+            if id(p) in existing:
+                raise ParamGroupError(f"{name}: some parameters appear in more than one "
+                                      "parameter group: "
+                                      f"{self._label(existing[id(p)], p)}")
         overrides = {k: v for k, v in param_group.items() if k != "params"}
         extra = {k: v for k, v in overrides.items() if k not in self._spec.hypers}
         for key in extra:
@@ -336,8 +364,10 @@ class Optimizer:
                 raise HyperTypeError(f"{name}: unknown param group key {key!r}; did you "
                                      f"mean {close[0]!r}?")
         known = {k: v for k, v in overrides.items() if k in self._spec.hypers}
-        values = H.resolve(self._spec.hypers, known, name, defaults=self.defaults)
-        self._check_requires(values)
+        index = len(self.param_groups)
+        with _in_group(index, index > 0):
+            values = H.resolve(self._spec.hypers, known, name, defaults=self.defaults)
+            self._check_requires(values)
         group = {"params": params, **values, **extra}
         self.param_groups.append(group)
         self._validated.append(({k: group[k] for k in self._spec.hypers}, values))
@@ -352,14 +382,17 @@ class Optimizer:
         """The group's validated hypers; revalidated only when something changed."""
         group = self.param_groups[index]
         current = {k: group.get(k, self.defaults[k]) for k in self._spec.hypers}
+        if index >= len(self._validated):  # a group appended to param_groups by hand
+            self._validated.extend([(None, None)] * (index + 1 - len(self._validated)))
         snapshot, values = self._validated[index]
         try:
             changed = bool(current != snapshot)
         except (ValueError, TypeError):  # e.g. an array put in a group: let resolve say why
             changed = True
         if changed:
-            values = H.resolve(self._spec.hypers, current, type(self).__name__)
-            self._check_requires(values)
+            with _in_group(index, len(self.param_groups) > 1):
+                values = H.resolve(self._spec.hypers, current, type(self).__name__)
+                self._check_requires(values)
             # A copy: a list edited in place (group["betas"][0] = ...) must still differ.
             self._validated[index] = (copy.deepcopy(current), values)
         return values
@@ -396,13 +429,23 @@ class Optimizer:
                     for grad in grads:
                         grad[...] = 0
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient; returns the closure's loss."""
+    def step(self, closure: Callable[[], Any] | None = None, *,
+             skip_nonfinite: bool | None = None) -> Any:
+        """One update of every parameter that has a gradient; returns the closure's loss.
+
+        ``skip_nonfinite`` (default: the optimizer's ``skip_nonfinite``, False unless given
+        at construction): when any gradient holds a nan or an inf, change nothing (no
+        parameter, state or step count) and set ``last_step_skipped`` and count the step in
+        ``skipped_steps``. Off, nothing is checked and a nan propagates, as in torch.
+
+        Bad input (a gradient of the wrong shape, dtype or type, a bad hyper, a parameter
+        in two groups) raises before any group has stepped."""
         loss = closure() if closure is not None else None
         # Check every group's hypers and gradients before touching anything, so a bad value
         # in one group raises without having stepped the groups before it. Gradients are
         # checked again only when they are other arrays than last step's.
         todo = []
+        replanned = False
         for index, group in enumerate(self.param_groups):
             params = group["params"]
             plan = self._plans.get(index)
@@ -411,6 +454,8 @@ class Optimizer:
                     and all(map(operator.is_, params, plan.arrays[1])):
                 signature = plan.signature
             else:
+                if not isinstance(params, (list, tuple)):
+                    self._refuse_params(index, params)
                 signature = _signature(params)
             if plan is not None and plan.signature == signature and plan.state is self.state \
                     and plan.version == self._version.n and isinstance(self.state, _State):
@@ -419,13 +464,24 @@ class Optimizer:
                 todo.append((index, group, None, signature, plan, self._group_hypers(index),
                              plan.backend))
                 continue
+            replanned = True
             live = [p for p in params if p.grad is not None]
             if not live:
                 continue
             for p in live:
-                self._check_grad(p)
+                self._check_grad(index, p)
+                self._check_state(index, p)
             todo.append((index, group, live, signature, None, self._group_hypers(index),
                          self._backend_for(live)))
+        if replanned:  # a group's list changed (or is new): no param may be in two groups
+            self._check_membership()
+        if skip_nonfinite is None:
+            skip_nonfinite = self.skip_nonfinite
+        if skip_nonfinite and not all(map(_finite_grads, todo)):
+            self.last_step_skipped = True
+            self.skipped_steps += 1
+            return loss
+        self.last_step_skipped = False
         for index, group, live, signature, plan, values, backend in todo:
             if plan is None or not self._run_plan(plan, values):
                 self._plans.pop(index, None)
@@ -441,19 +497,71 @@ class Optimizer:
                 self._plans[index].version = self._version.n
         return loss
 
-    def _check_grad(self, p: Any) -> None:
-        name = type(self).__name__
+    def _label(self, index: int, p: Any) -> str:
+        """``param 'w' (param 1 of group 0)``, or ``param 1 of group 0`` without a name."""
+        position = next((i for i, q in enumerate(self.param_groups[index]["params"])
+                         if q is p), "?")
+        name = getattr(p, "name", None)
+        if isinstance(name, str) and name:
+            return f"param {name!r} (param {position} of group {index})"
+        return f"param {position} of group {index}"
+
+    def _where(self, index: int, p: Any) -> str:
+        return f"{type(self).__name__}: {self._label(index, p)}"
+
+    def _check_grad(self, index: int, p: Any) -> None:
         data, grad = p.data, p.grad
-        if np.shape(grad) != np.shape(data):
-            raise OptdslError(f"{name}: gradient shape {np.shape(grad)} does not match "
-                              f"parameter shape {np.shape(data)}")
-        if getattr(grad, "dtype", None) != data.dtype:
-            raise OptdslError(f"{name}: gradient dtype {getattr(grad, 'dtype', None)} does "
-                              f"not match parameter dtype {data.dtype}")
+        if not arrays.is_array(grad):
+            module = type(grad).__module__
+            kind = type(grad).__qualname__
+            kind = kind if module == "builtins" else f"{module.split('.')[0]}.{kind}"
+            hint = "; for a torch tensor, assign t.numpy()" if module.startswith("torch") else ""
+            raise GradientTypeError(f"{self._where(index, p)}: the gradient must be an array "
+                                    f"like the parameter ({arrays.describe(data)} of shape "
+                                    f"{tuple(np.shape(data))}), got {kind}{hint}")
+        if grad.shape != np.shape(data):
+            raise GradientError(f"{self._where(index, p)}: gradient shape {grad.shape} does "
+                                f"not match parameter shape {np.shape(data)}")
+        if grad.dtype != data.dtype:
+            raise GradientTypeError(f"{self._where(index, p)}: gradient dtype {grad.dtype} "
+                                    f"does not match parameter dtype {data.dtype}")
         if arrays.is_cupy(grad) != arrays.is_cupy(data) \
                 or arrays.device(grad) != arrays.device(data):
-            raise OptdslError(f"{name}: the gradient ({arrays.describe(grad)}) does not live "
-                              f"where its parameter does ({arrays.describe(data)})")
+            raise GradientError(f"{self._where(index, p)}: the gradient "
+                                f"({arrays.describe(grad)}) does not live where its "
+                                f"parameter does ({arrays.describe(data)})")
+
+    def _check_state(self, index: int, p: Any) -> None:
+        """Arrays the user put in ``opt.state[p]`` (as torch allows) must fit ``p``: the
+        step copies them into the state's buffers."""
+        st = self.state.get(p)
+        if st:
+            for key in self._state_names:
+                value = st.get(key)
+                if value is not None and np.shape(value) != np.shape(p.data):
+                    raise OptdslError(f"{self._where(index, p)}: state {key!r} has shape "
+                                      f"{np.shape(value)}, the parameter has "
+                                      f"{np.shape(p.data)}")
+
+    def _refuse_params(self, index: int, params: Any) -> None:
+        raise ParamGroupTypeError(
+            f"{type(self).__name__}: param group {index}'s params must be a list, got "
+            f"{type(params).__name__}"
+            + (" (a set has no order, and the order numbers params in the state_dict)"
+               if isinstance(params, (set, frozenset)) else ""))
+
+    def _check_membership(self) -> None:
+        ids = [id(p) for group in self.param_groups for p in group["params"]]
+        if len(set(ids)) == len(ids):
+            return
+        seen: dict[int, tuple[int, int]] = {}
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if id(p) in seen:
+                    raise ParamGroupError(f"{self._where(seen[id(p)][0], p)} is also param "
+                                          f"{pi} of group {gi}: a parameter may be listed "
+                                          "only once, in one param group")
+                seen[id(p)] = (gi, pi)
 
     def _backend_for(self, params: list[Any]) -> Backend:
         """The backend for a group: the one asked for, else the best available one that
@@ -776,6 +884,18 @@ class Optimizer:
         return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _in_group(index: int, say: bool):
+    """Add which param group a HyperError is about to its message, where there is more
+    than one group to tell apart (one group's messages stay as they were)."""
+    try:
+        yield
+    except HyperError as exc:
+        if not say:
+            raise
+        raise type(exc)(f"{exc} (in param group {index})") from None
+
+
 def _follows(run: list[Any], p: Any, layout: _Layout) -> bool:
     """Whether ``p`` continues ``run`` in memory: data, grad and state end to end. Empty
     params take no room (NumPy gives them any address), so they never break a run."""
@@ -832,6 +952,40 @@ def _same_view(arr: Any, layout: _Layout, name: str, p: Any) -> bool:
     return (arrays.is_array(arr) and arrays.is_cupy(arr) == arrays.is_cupy(view)
             and arr.shape == view.shape and arrays.address(arr) == arrays.address(view)
             and arr.dtype == view.dtype)
+
+
+def _finite_grads(todo: tuple) -> bool:
+    """Whether the gradients one group is about to step on are all finite: read through
+    the plan's runs where the group has one (a flattened group's are one array)."""
+    _, _, live, _, plan, _, _ = todo
+    if plan is not None:
+        return _all_finite([run[3] for part in plan.parts for run in part[3]])
+    return _all_finite([p.grad for p in live])
+
+
+def _all_finite(grads: list) -> bool:
+    """One read of each gradient: a sum, which any nan or inf makes non-finite (summed
+    on the gradients' device, so a GPU group costs one transfer). A non-finite total can
+    also come from finite values overflowing: only then are the elements looked at."""
+    with arrays.on_device(grads[0]), np.errstate(all="ignore"):
+        if math.isfinite(float(sum(map(_total, grads)))):
+            return True
+        return all(bool(np.isfinite(g).all()) for g in grads)
+
+
+def _total(grad: Any) -> Any:
+    """The sum of a gradient (in float32 for narrower floats, which overflow sooner); a
+    large flat host array's over the thread pool, as the step's kernels run."""
+    dtype = np.float32 if grad.dtype.itemsize < 4 else None
+    if grad.ndim != 1 or grad.size < 2 * pool.MIN_ELEMENTS_PER_THREAD or arrays.is_cupy(grad):
+        return grad.sum(dtype=dtype)
+    partial: dict[int, Any] = {}
+
+    def run(n, g, args, scratch, chunk, start, stop) -> None:
+        partial[start] = g[start:stop].sum(dtype=dtype)
+
+    pool.run(run, grad.size, [grad], (), lambda worker: None, _chunk())
+    return sum(partial.values())
 
 
 def _chunk() -> int:

@@ -3,30 +3,17 @@ what their ``# comments`` say, and its ``.opt`` blocks compile."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from doc_blocks import code_blocks, run_blocks
 
 from optdsl.compiler import load_spec
 
 DOC = Path(__file__).parents[1] / "docs" / "schedules.md"
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 
 
 def _blocks(language: str) -> list[str]:
-    return [body for lang, body in FENCE.findall(DOC.read_text()) if lang == language]
-
-
-def _expected(code: str) -> list[str]:
-    """The ``# ...`` comment of each ``print(...)`` line: what that line prints."""
-    out = []
-    for line in code.splitlines():
-        if line.startswith("print(") and "  # " in line:
-            out.append(line.rsplit("  # ", 1)[1].strip())
-    return out
-
-
-def _squash(text: str) -> str:
-    return " ".join(text.split())  # numpy pads its columns; the page need not
+    return code_blocks(DOC, language)
 
 
 def test_opt_blocks_compile():
@@ -41,11 +28,6 @@ def test_python_blocks_print_what_they_say(tmp_path, monkeypatch, capsys):
         name = text.split("\n", 1)[0].split()[1]
         (tmp_path / f"{name.lower()}.opt").write_text(text)
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
     blocks = _blocks("python")
     assert len(blocks) >= 5
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"schedules.md block {i}", "exec"), namespace)  # noqa: S102
-        printed = capsys.readouterr().out.splitlines()
-        expected = _expected(code)
-        assert [_squash(p) for p in printed] == [_squash(e) for e in expected], code
+    run_blocks(blocks, "schedules.md", capsys)

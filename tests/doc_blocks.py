@@ -1,0 +1,46 @@
+"""Fenced code blocks of a Markdown page, for tests that run a page's examples as written.
+
+    for code in code_blocks(DOC, "python"):
+        exec(compile(code, "page.md", "exec"), namespace)
+
+A ``print(...)`` line documents what it prints in a ``  # comment`` after it;
+:func:`expected_prints` reads those comments back.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
+
+
+def code_blocks(page: Path, language: str) -> list[str]:
+    """The bodies of the page's blocks fenced as ``language``, in order."""
+    return [body for lang, body in FENCE.findall(page.read_text()) if lang == language]
+
+
+def expected_prints(code: str) -> list[str]:
+    """The ``# ...`` comment of each ``print(...)`` line (at any indentation): what that
+    line prints."""
+    out = []
+    for line in code.splitlines():
+        if line.lstrip().startswith("print(") and "  # " in line:
+            out.append(line.rsplit("  # ", 1)[1].strip())
+    return out
+
+
+def squash(text: str) -> str:
+    """Whitespace runs as one space (NumPy pads its columns; a page need not)."""
+    return " ".join(text.split())
+
+
+def run_blocks(blocks: list[str], page: str, capsys, namespace: dict | None = None) -> dict:
+    """Run ``blocks`` in order in one namespace; each must print what its ``print(...)``
+    lines' comments say (whitespace squashed). Returns the namespace."""
+    namespace = {} if namespace is None else namespace
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"{page} block {i}", "exec"), namespace)  # noqa: S102
+        printed = capsys.readouterr().out.splitlines()
+        assert [squash(p) for p in printed] == [squash(e) for e in expected_prints(code)], code
+    return namespace
