@@ -9,7 +9,7 @@ from .compiler import CompiledSpec, load_spec, read_source
 from .hypers import HyperInfo
 from .runtime import Optimizer
 
-_CLASSES: dict[tuple[str, str], type[Optimizer]] = {}
+_CLASSES: dict[tuple[str, str, str | None], type[Optimizer]] = {}
 
 
 def compile(path_or_source: str | Path, *, module: str | None = None) -> type:
@@ -21,7 +21,7 @@ def compile(path_or_source: str | Path, *, module: str | None = None) -> type:
     column, a caret and a hint for any mistake in the spec.
     """
     text, filename = read_source(path_or_source)
-    key = (text, filename)
+    key = (text, filename, module)
     if key not in _CLASSES:
         _CLASSES[key] = make_class(load_spec(text, filename), module=module)
     return _CLASSES[key]

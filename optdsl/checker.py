@@ -48,6 +48,19 @@ SCHEDULE_ASSIGNABLE = ("lr", "base_lr")
 # equal x (MultiStepLR's milestones).
 SCHEDULE_FUNCTIONS = {"count": (2, 2)}
 HYPER_TYPES = ("float", "int", "bool", "str", "tuple")
+# Names the runtime gives a meaning of its own, per kind of spec and of declaration: a
+# param group keeps its parameters under 'params' and a parameter's state its step count
+# under 'step' (as torch.optim does), and the classes' constructors take keywords besides
+# the hypers (tests/fuzz/test_regressions.py keeps this in step with their signatures).
+RUNTIME_NAMES = {
+    ("optimizer", "hyper"): {"params": "a param group's list of parameters",
+                             "backend": "a keyword of the optimizer's constructor",
+                             "skip_nonfinite": "a keyword of the optimizer's constructor"},
+    ("optimizer", "state"): {"step": "a parameter's step count in its state"},
+    ("schedule", "hyper"): {"optimizer": "the schedule's first argument",
+                            "last_epoch": "a keyword of the schedule's constructor"},
+    ("schedule", "group"): {"params": "a param group's list of parameters"},
+}
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,15 @@ def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperI
         seen[decl.name] = decl.span.line
         if decl.name in reserved:
             fail(decl.span, f"{kind} {decl.name!r} shadows a built-in name", "rename it")
+            continue
+        taken = RUNTIME_NAMES.get((spec.kind, kind), {})
+        clash = next((n for n in (decl.name, getattr(decl, "alt", None)) if n in taken), None)
+        if clash is not None:
+            if kind == "group":
+                fail(decl.span, f"{clash!r} cannot be a group value: it is {taken[clash]}")
+            else:
+                fail(decl.span, f"{clash!r} cannot be a {kind}: it is {taken[clash]}",
+                     "rename it")
             continue
         if isinstance(decl, S.HyperDecl):
             try:

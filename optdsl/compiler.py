@@ -129,6 +129,13 @@ def read_source(path_or_source: str | Path) -> tuple[str, str]:
     if isinstance(path_or_source, Path):
         return path_or_source.read_text(), str(path_or_source)
     text = str(path_or_source)
-    if "\n" not in text and (text.endswith(".opt") or Path(text).is_file()):
+    if "\n" not in text and (text.endswith(".opt") or _is_file(text)):
         return Path(text).read_text(), text
     return text, "<string>"
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # e.g. a one-line spec longer than a file name may be (ENAMETOOLONG)
+        return False

@@ -42,10 +42,12 @@ def paths(spec: S.Spec, limit: int = 4096) -> list[Path]:
             for p in out:
                 for i, body in enumerate(bodies):
                     nxt += walk(body, [p + (i,)])
-            if len(nxt) > limit:
-                raise OptdslError(f"{spec.name} has more than {limit} combinations of host "
-                                  "if outcomes to enumerate; kernels are still compiled "
-                                  "one by one as steps need them")
+                    # Checked as the list grows: 2**11 paths times an if whose body has
+                    # 2**11 of its own made millions (a gigabyte) before a check after it.
+                    if len(nxt) > limit:
+                        raise OptdslError(f"{spec.name} has more than {limit} combinations "
+                                          "of host if outcomes to enumerate; kernels are "
+                                          "still compiled one by one as steps need them")
             out = nxt
         return out
 

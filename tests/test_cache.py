@@ -341,3 +341,13 @@ def test_parser_tables_are_cached_as_json_and_a_damaged_file_is_rebuilt(tmp_path
     tables.write_text("{not json")
     subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True)
     assert json.loads(tables.read_text())["data"]["parser"]
+
+
+def test_compiled_classes_are_cached_per_text_and_module():
+    """compile() returns the same class for the same text, and a class of the module asked
+    for: the class cache once ignored ``module``, so a second module got the first's."""
+    text = spec_text()
+    assert optdsl.compile(text) is optdsl.compile(text)
+    a, b = optdsl.compile(text, module="pkg.a"), optdsl.compile(text, module="pkg.b")
+    assert (a.__module__, b.__module__) == ("pkg.a", "pkg.b")
+    assert optdsl.compile(text, module="pkg.a") is a
