@@ -13,6 +13,7 @@ from .api import compile  # noqa: E402  (shadows the builtin on purpose: optdsl.
 from .backend import available as _available  # noqa: E402
 from .backend.pool import num_threads, set_num_threads  # noqa: E402
 from .checkpoint import LoadReport, load, save  # noqa: E402
+from .clip import clip_grad_norm_, clip_grad_value_  # noqa: E402
 from .errors import (  # noqa: E402
     CheckError,
     CheckpointChecksumError,
@@ -25,6 +26,7 @@ from .errors import (  # noqa: E402
     HyperError,
     HyperTypeError,
     InternalCompilerError,
+    NonFiniteNormError,
     OptdslError,
     ParamGroupError,
     ParamGroupTypeError,
@@ -51,5 +53,6 @@ __all__ = [
     "ParamGroupTypeError",
     "save", "load", "LoadReport", "CheckpointError", "CheckpointCorruptError",
     "CheckpointChecksumError", "CheckpointVersionError", "CheckpointMismatchError",
-    "set_num_threads", "num_threads", "__version__",
+    "set_num_threads", "num_threads", "__version__", "clip_grad_norm_", "clip_grad_value_",
+    "NonFiniteNormError",
 ]

@@ -55,7 +55,8 @@ HYPER_TYPES = ("float", "int", "bool", "str", "tuple")
 RUNTIME_NAMES = {
     ("optimizer", "hyper"): {"params": "a param group's list of parameters",
                              "backend": "a keyword of the optimizer's constructor",
-                             "skip_nonfinite": "a keyword of the optimizer's constructor"},
+                             "skip_nonfinite": "a keyword of the optimizer's constructor",
+                             "max_grad_norm": "a keyword of the optimizer's constructor"},
     ("optimizer", "state"): {"step": "a parameter's step count in its state"},
     ("schedule", "hyper"): {"optimizer": "the schedule's first argument",
                             "last_epoch": "a keyword of the schedule's constructor"},

@@ -178,5 +178,10 @@ class ParamGroupTypeError(ParamGroupError, TypeError):
     """A group's ``params`` that is not an ordered collection of parameters (a set, say)."""
 
 
+class NonFiniteNormError(OptdslError, RuntimeError):
+    """The total gradient norm is nan or inf and ``error_if_nonfinite=True`` (torch raises
+    a RuntimeError there); or an inf norm was asked of an empty gradient, which has none."""
+
+
 class InternalCompilerError(Exception):
     """A bug in optdsl, not in the user's spec. Please report it."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import arrays
+from . import clip as C
 from . import hypers as H
 from .backend import Backend, pool
 from .backend import available as available_backends
@@ -261,13 +262,17 @@ class Optimizer:
     Besides the spec's hypers, the constructor takes ``backend`` (a backend's name, or
     None for the best one for where the arrays live) and ``skip_nonfinite`` (skip steps
     whose gradients hold a nan or an inf; see :meth:`step`, which sets
-    ``last_step_skipped`` and counts ``skipped_steps``).
+    ``last_step_skipped`` and counts ``skipped_steps``) and ``max_grad_norm`` (clip the
+    gradients of all groups together to this 2-norm inside :meth:`step`, as
+    ``optdsl.clip_grad_norm_`` over every param would; a group's ``"max_grad_norm"`` key
+    clips that group by its own norm, before the global clip).
     """
 
     _spec: CompiledSpec
 
     def __init__(self, params: Iterable[Any], *, backend: str | None = None,
-                 skip_nonfinite: bool = False, **hypers: Any):
+                 skip_nonfinite: bool = False, max_grad_norm: float | None = None,
+                 **hypers: Any):
         name = type(self).__name__
         self.defaults: dict[str, Any] = H.resolve(self._spec.hypers, hypers, name)
         self._check_requires(self.defaults)
@@ -290,6 +295,12 @@ class Optimizer:
         self.skip_nonfinite = bool(skip_nonfinite)
         self.last_step_skipped = False
         self.skipped_steps = 0
+        # Not a hyper either: step() clips the gradients to it before the update.
+        self.max_grad_norm = C.check_max_grad_norm(max_grad_norm, name)
+        # The total gradient norms step() clipped with last: over all groups (None when
+        # max_grad_norm is None), and by group index for groups with their own key.
+        self.last_grad_norm: np.floating | None = None
+        self.last_group_grad_norms: dict[int, np.floating] = {}
         self._state_names = tuple(s.name for s in self._spec.spec.states)
         if _is_param(params) or arrays.is_array(params):
             raise ParamGroupTypeError(f"{name}: params must be an iterable of parameters or "
@@ -477,7 +488,13 @@ class Optimizer:
             self._check_membership()
         if skip_nonfinite is None:
             skip_nonfinite = self.skip_nonfinite
-        if skip_nonfinite and not all(map(_finite_grads, todo)):
+        clipped = [t for t in todo if t[1].get("max_grad_norm") is not None]
+        if clipped or self.max_grad_norm is not None:
+            # Clip before the update, as torch users call clip_grad_norm_ before step().
+            # A finite norm means finite gradients; only a non-finite one needs the check.
+            if not self._clip(todo, clipped, skip_nonfinite):
+                return loss
+        elif skip_nonfinite and not all(map(_finite_grads, todo)):
             self.last_step_skipped = True
             self.skipped_steps += 1
             return loss
@@ -496,6 +513,44 @@ class Optimizer:
             if index in self._plans:
                 self._plans[index].version = self._version.n
         return loss
+
+    def _clip(self, todo: list, clipped: list, skip_nonfinite: bool) -> bool:
+        """Clip the gradients ``step()`` is about to use: each group of ``clipped`` by its
+        own norm, then all of ``todo``'s together by ``max_grad_norm``. False (having
+        changed nothing, and counted the skip) when ``skip_nonfinite`` finds a nan or inf.
+        """
+        name = type(self).__name__
+        limits = [C.check_max_grad_norm(t[1]["max_grad_norm"], f"{name}: param group {t[0]}")
+                  for t in clipped]
+        norms = [C.total_norm(_step_grads(t), 2.0) for t in clipped]
+        total = None
+        if self.max_grad_norm is not None and not clipped:
+            total = C.total_norm([g for t in todo for g in _step_grads(t)], 2.0)
+        if skip_nonfinite:
+            # A finite norm vouches for the gradients it covers: the global one for every
+            # group, else each clipped group's own; the other groups are checked. A
+            # non-finite norm may be an overflow of finite values: check them one by one.
+            if total is not None:
+                fine, rest = math.isfinite(total), []
+            else:
+                fine = all(map(math.isfinite, norms))
+                rest = [t for t in todo if not any(t is c for c in clipped)]
+            if not (fine and all(map(_finite_grads, rest))) \
+                    and not all(map(_finite_grads, todo)):
+                self.last_step_skipped = True
+                self.skipped_steps += 1
+                return False
+        self.last_group_grad_norms = {}
+        for t, limit, norm in zip(clipped, limits, norms, strict=True):
+            C.scale_(_step_grads(t), C.clip_coefficient(limit, norm))
+            self.last_group_grad_norms[t[0]] = norm
+        if self.max_grad_norm is not None:
+            grads = [g for t in todo for g in _step_grads(t)]
+            if total is None:  # after the groups' own clips, as two calls in a row would
+                total = C.total_norm(grads, 2.0)
+            C.scale_(grads, C.clip_coefficient(self.max_grad_norm, total))
+        self.last_grad_norm = total
+        return True
 
     def _label(self, index: int, p: Any) -> str:
         """``param 'w' (param 1 of group 0)``, or ``param 1 of group 0`` without a name."""
@@ -954,13 +1009,18 @@ def _same_view(arr: Any, layout: _Layout, name: str, p: Any) -> bool:
             and arr.dtype == view.dtype)
 
 
-def _finite_grads(todo: tuple) -> bool:
-    """Whether the gradients one group is about to step on are all finite: read through
-    the plan's runs where the group has one (a flattened group's are one array)."""
+def _step_grads(todo: tuple) -> list:
+    """The gradients one group is about to step on: the plan's runs where the group has
+    one (a flattened group's are one array), else each param's."""
     _, _, live, _, plan, _, _ = todo
     if plan is not None:
-        return _all_finite([run[3] for part in plan.parts for run in part[3]])
-    return _all_finite([p.grad for p in live])
+        return [run[3] for part in plan.parts for run in part[3]]
+    return [p.grad for p in live]
+
+
+def _finite_grads(todo: tuple) -> bool:
+    """Whether the gradients one group is about to step on are all finite."""
+    return _all_finite(_step_grads(todo))
 
 
 def _all_finite(grads: list) -> bool:
