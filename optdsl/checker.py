@@ -11,6 +11,8 @@ Assignment rules (documented in docs/language.md):
 - ``g`` may be rebound (``g = g + weight_decay * p``); this changes a local copy, never
   the user's ``.grad`` array. ``p``, ``g`` and states must stay elementwise numbers.
 - Built-in functions and constants cannot be rebound.
+- ``track NAME = EXPR`` binds nothing: NAME is a new name (no built-in, hyper, state or
+  local of the block, no other track's) and EXPR a number (see :func:`_check_track`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .ir import (
     join_kind,
     result_type,
 )
+from .parse_errors import KEYWORDS
 
 OPTIMIZER_BUILTINS = {"p": TENSOR_FLOAT, "g": TENSOR_FLOAT, "t": HOST_FLOAT}
 # A schedule runs on the host: the epoch, the group's base lr, the metric given to
@@ -56,8 +59,13 @@ RUNTIME_NAMES = {
     ("optimizer", "hyper"): {"params": "a param group's list of parameters",
                              "backend": "a keyword of the optimizer's constructor",
                              "skip_nonfinite": "a keyword of the optimizer's constructor",
-                             "max_grad_norm": "a keyword of the optimizer's constructor"},
-    ("optimizer", "state"): {"step": "a parameter's step count in its state"},
+                             "max_grad_norm": "a keyword of the optimizer's constructor",
+                             "lazy": "a keyword of the optimizer's constructor",
+                             "master_weights": "a keyword of the optimizer's constructor",
+                             "state_dtypes": "a keyword of the optimizer's constructor",
+                             "diagnostics": "a keyword of the optimizer's constructor"},
+    ("optimizer", "state"): {"step": "a parameter's step count in its state",
+                             "master": "the fp32 master copy of a parameter in its state"},
     ("schedule", "hyper"): {"optimizer": "the schedule's first argument",
                             "last_epoch": "a keyword of the schedule's constructor"},
     ("schedule", "group"): {"params": "a param group's list of parameters"},
@@ -144,6 +152,10 @@ def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperI
                  f"it is already declared at line {seen[decl.name]}")
             continue
         seen[decl.name] = decl.span.line
+        if decl.name in KEYWORDS:  # the update block could never name it
+            fail(decl.span, f"{kind} {decl.name!r}: {decl.name!r} is a keyword, not a name",
+                 "rename it")
+            continue
         if decl.name in reserved:
             fail(decl.span, f"{kind} {decl.name!r} shadows a built-in name", "rename it")
             continue
@@ -271,6 +283,9 @@ class _Scope:
         self.allowed = allowed  # restricts the names an expression may use
         self.env: dict[str, _Binding] = {}
         self.facts: frozenset = frozenset()
+        self.tracks: dict[str, int] = {}  # track name -> its line
+        # Every local the update block assigns anywhere, with its first line
+        self.locals: dict[str, int] = {}
 
     def visible(self) -> set[str]:
         names = set(self.hypers) | set(CONSTANTS) | set(self.env)
@@ -319,6 +334,10 @@ class _Scope:
             raise _Fail(node.span, f"{name!r} is not available in a schedule",
                         "a schedule runs on the host once per step and sees epoch, "
                         "base_lr, metric, the group's lr and the group values it declares")
+        if name in self.tracks:
+            raise _Fail(node.span, f"{name!r} is a track, which binds no name",
+                        f"assign the value to a local, track the local (line "
+                        f"{self.tracks[name]}) and read the local here")
         hint = _did_you_mean(name, self.visible())
         if hint is None and self.spec.kind == "schedule" and self.allowed is None:
             hint = f"to use the param group's value, declare 'group {name}'"
@@ -553,6 +572,11 @@ def check_update(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]
     """Names, types and assignment rules of the update block, statement by statement."""
     diags: list[Diagnostic] = []
     scope = _Scope(spec, hypers)
+    for stmt in _walk_assigns(spec.body):
+        for name in stmt.targets:
+            if name not in scope.states and name not in scope.builtins \
+                    and name not in scope.groups:
+                scope.locals.setdefault(name, stmt.span.line)
     _check_block(spec.body, scope, diags)
     if spec.kind == "schedule" and not diags:
         diags += _unused_schedule_locals(spec, scope)
@@ -580,7 +604,7 @@ def _walk_assigns(stmts):
     for stmt in stmts:
         if isinstance(stmt, S.Assign):
             yield stmt
-        else:
+        elif isinstance(stmt, S.If):
             for _, body in stmt.branches:
                 yield from _walk_assigns(body)
             yield from _walk_assigns(stmt.orelse or ())
@@ -588,7 +612,7 @@ def _walk_assigns(stmts):
 
 def _walk_reads(stmts):
     for stmt in stmts:
-        if isinstance(stmt, S.Assign):
+        if isinstance(stmt, (S.Assign, S.Track)):
             yield from (n for n in S.walk_expr(stmt.value) if isinstance(n, S.Name))
         else:
             for cond, body in stmt.branches:
@@ -602,6 +626,8 @@ def _check_block(stmts, scope: _Scope, diags: list[Diagnostic]) -> None:
         try:
             if isinstance(stmt, S.Assign):
                 _check_assign(stmt, scope)
+            elif isinstance(stmt, S.Track):
+                _check_track(stmt, scope)
             else:
                 _check_if(stmt, scope, diags)
         except _Fail as exc:
@@ -645,6 +671,37 @@ def _check_assign(stmt: S.Assign, scope: _Scope) -> None:
         if name in scope.states or name in scope.builtins or name in scope.groups:
             continue
         scope.env[name] = _Binding(t, True, span.line)
+
+
+def _check_track(stmt: S.Track, scope: _Scope) -> None:
+    """``track NAME = EXPR``: a new name, unique among tracks, and a number. Inside a host
+    ``if`` it is an output only of the kernels whose path goes through that branch."""
+    name, span = stmt.name, stmt.name_span
+    if scope.spec.kind == "schedule":
+        raise _Fail(stmt.span, "'track' is for optimizers",
+                    "a schedule's values are in the param groups already")
+    first = scope.tracks.setdefault(name, span.line)
+    if first != span.line:
+        raise _Fail(span, f"duplicate track {name!r}", f"it is already tracked at line {first}")
+    taken = None
+    if name in scope.builtins:
+        taken = "a built-in name"
+    elif name in FUNCTIONS or name in CONSTANTS:
+        taken = "a built-in function" if name in FUNCTIONS else "a built-in constant"
+    elif name in scope.states:
+        taken = "a state"
+    elif name in scope.declared or name in scope.hypers:
+        taken = "a hyper"
+    elif name in scope.locals:
+        taken = f"a local of the update block (line {scope.locals[name]})"
+    if taken is not None:
+        raise _Fail(span, f"a track cannot be named {name!r}: it is {taken}",
+                    f"name what it records, e.g. 'track {name}_value = ...'")
+    t = scope.type_of(stmt.value)
+    if t is not None and t.elem != "float":
+        raise _Fail(stmt.value.span, f"a track must be a number, not {_describe(t)}",
+                    "turn a condition into numbers with where(cond, 1, 0)"
+                    if t.elem == "bool" else None)
 
 
 def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:

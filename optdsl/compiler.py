@@ -2,7 +2,7 @@
 
     parse  (frontend)  text -> AST
     check  (checker)   AST -> checked AST + hyper table
-    lower  (lower)     checked AST + host decisions -> SSA IR
+    lower  (lower)     checked AST + host decisions (+ extra outputs) -> SSA IR
     passes (passes)    IR -> folded, CSE'd, hoisted, buffer-assigned IR
     render (backend)   IR -> kernel source (a Jinja2 template per backend)
     build  (backend)   source -> callable
@@ -18,21 +18,25 @@ from typing import Any
 from . import cache, passes
 from .backend import Backend, Kernel
 from .checker import CheckedSpec, check
+from .extras import Extras, lower_with_extras, normalize
 from .frontend import parse
 from .hostcode import render_host_module
 from .ir import Program
 from .lower import Path as DecisionPath
-from .lower import lower, paths
+from .lower import paths
 from .ops import text as _text
 
 
-def compile_kernel(spec: CompiledSpec, path: DecisionPath, backend: Backend) -> Kernel:
-    """One specialisation of a spec as a runnable kernel (cached in memory and on disk)."""
+def compile_kernel(spec: CompiledSpec, path: DecisionPath, backend: Backend,
+                   extras: Extras = ()) -> Kernel:
+    """One specialisation of a spec as a runnable kernel (cached in memory and on disk),
+    writing the extra outputs ``extras`` (normalised; see :mod:`optdsl.extras`) too."""
     def render() -> str:
-        program = lower(spec.checked, path)        # checked AST + decisions -> SSA IR
+        program = lower_with_extras(spec.checked, path, extras)  # AST + decisions -> SSA IR
         program = passes.run(program)              # fold, CSE, hoist, DCE, buffer reuse
         return backend.render(program, kind=spec.kind, path=path)  # IR -> source
-    k = cache.key(spec.spec_hash, backend.name, repr(path))
+    # Extras join the key only when there are some: a plain kernel keeps its old key.
+    k = cache.key(spec.spec_hash, backend.name, repr(path), *([repr(extras)] if extras else []))
     source = cache.get_or_create(k, render)       # rendered once per machine
     return backend.build(source, f"{spec.name}_{k[:8]}")  # source -> callable
 
@@ -50,7 +54,8 @@ class CompiledSpec:
     checked: CheckedSpec
     text: str
     filename: str
-    kernels: dict[tuple[str, DecisionPath], Kernel] = field(default_factory=dict, repr=False)
+    kernels: dict[tuple[str, DecisionPath, Extras], Kernel] = field(default_factory=dict,
+                                                                    repr=False)
 
     def __post_init__(self):
         self.spec_hash = hashlib.sha256(self.text.encode()).hexdigest()
@@ -78,17 +83,22 @@ class CompiledSpec:
     def hypers(self):
         return self.checked.hypers
 
-    def kernel(self, backend: Backend, path: DecisionPath) -> Kernel:
-        k = (backend.name, path)
+    def kernel(self, backend: Backend, path: DecisionPath,
+               extras: Extras | str = ()) -> Kernel:
+        """The kernel of ``path``; ``extras`` asks for diagnostic outputs besides p and
+        the states (``"track"``, ``"update"``, ``"dlr:lr"``: see :mod:`optdsl.extras`)."""
+        extras = normalize(extras)
+        k = (backend.name, path, extras)
         if k not in self.kernels:
-            self.kernels[k] = compile_kernel(self, path, backend)
+            self.kernels[k] = compile_kernel(self, path, backend, extras)
         return self.kernels[k]
 
-    def program(self, path: DecisionPath, skip: tuple[str, ...] = ()) -> Program:
-        return passes.run(lower(self.checked, path), skip=skip)
+    def program(self, path: DecisionPath, skip: tuple[str, ...] = (),
+                extras: Extras | str = ()) -> Program:
+        return passes.run(self.unoptimized(path, extras), skip=skip)
 
-    def unoptimized(self, path: DecisionPath) -> Program:
-        return lower(self.checked, path)
+    def unoptimized(self, path: DecisionPath, extras: Extras | str = ()) -> Program:
+        return lower_with_extras(self.checked, path, normalize(extras))
 
     def paths(self) -> list[DecisionPath]:
         return paths(self.checked.spec)

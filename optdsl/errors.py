@@ -183,5 +183,28 @@ class NonFiniteNormError(OptdslError, RuntimeError):
     a RuntimeError there); or an inf norm was asked of an empty gradient, which has none."""
 
 
+class SparseGradientError(GradientError):
+    """A row-sparse gradient (:class:`optdsl.RowSparse`) that does not fit its parameter:
+    indices that are not 1-D or out of range, values of the wrong shape or device, a 0-d
+    parameter."""
+
+
+class SparseGradientTypeError(SparseGradientError, GradientTypeError):
+    """A row-sparse gradient of the wrong kind: indices that are not integers, values not
+    of the parameter's dtype; or a dense gradient given to an optimizer that takes only
+    row-sparse ones (``optdsl.optim.SparseAdam``)."""
+
+
+class NotAffineError(OptdslError, ValueError):
+    """A step that is not affine in a hyper, asked for its derivative by that hyper (the
+    kernel extra ``dlr:HYPER``; see :mod:`optdsl.affine`), or a hyper that cannot be
+    differentiated by. The message says why, with the line and the operation; ``hyper``
+    and ``line`` (None where no line is to blame) say it as data."""
+
+    def __init__(self, message: str, *, hyper: str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.hyper, self.line = hyper, line
+
+
 class InternalCompilerError(Exception):
     """A bug in optdsl, not in the user's spec. Please report it."""

@@ -21,6 +21,7 @@ from .backend import Backend, Kernel
 from .backend import get as get_backend
 from .compiler import CompiledSpec
 from .errors import OptdslError
+from .extras import normalize as normalize_extras
 from .hypers import HyperInfo
 from .ops import quiet
 from .render import constant, hex_string, ident, number, quoted_ident
@@ -106,18 +107,22 @@ class ExportedSpec:
     spec_hash: str
     filename: str = ""
     text: str = ""
-    kernels: dict[tuple[str, tuple[int, ...]], Kernel] = field(default_factory=dict)
+    kernels: dict[tuple[str, tuple[int, ...], tuple[str, ...]], Kernel] = field(
+        default_factory=dict)
 
     @property
     def backends(self) -> tuple[str, ...]:
         """The backends this module has kernels for (the runtime picks among them)."""
         return (self.backend,)
 
-    def kernel(self, backend: Backend, path: tuple[int, ...]) -> Kernel:
+    def kernel(self, backend: Backend, path: tuple[int, ...], extras=()) -> Kernel:
         if backend.name != self.backend:
             raise OptdslError(f"this module was compiled for the {self.backend!r} backend, "
                               f"not {backend.name!r}")
-        key = (backend.name, path)
+        if normalize_extras(extras):
+            raise OptdslError("a compiled module holds kernels without extra outputs "
+                              "(tracks, update, dlr:); compile the .opt file to get them")
+        key = (backend.name, path, ())
         if key not in self.kernels:
             factory = self.factories[path]
             host_args, run, buffers, outputs, scratch = factory()

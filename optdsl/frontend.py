@@ -243,6 +243,11 @@ class _ToAst(Transformer):
     def pass_stmt(self, meta, children):
         return None
 
+    def track_stmt(self, meta, children):
+        name, value = children
+        self._not_keyword(name)
+        return S.Track(str(name), value, _span(meta), token_span(name))
+
     def if_stmt(self, meta, children):
         cond, body, *rest = children
         branches = [(cond, body)]

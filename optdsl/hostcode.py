@@ -78,9 +78,12 @@ class _AstRenderer:
 
 
 def _names_in(nodes) -> set[str]:
-    """Every name read anywhere in ``nodes`` (statements or expressions)."""
+    """Every name read anywhere in ``nodes`` (statements or expressions), but not by
+    ``track`` statements: nothing on the host computes a track."""
     found: set[str] = set()
     for node in nodes:
+        if isinstance(node, S.Track):
+            continue
         if isinstance(node, S.Assign):
             found |= _names_in([node.value])
         elif isinstance(node, S.If):
@@ -173,8 +176,11 @@ def _mentions(e: S.Expr, names: set[str]) -> bool:
 
 def _render_decide_block(stmts, r: _AstRenderer, tensors: set[str], out: list[str],
                          indent: str) -> None:
-    """Host statements and ifs only: elementwise values cannot influence a decision."""
+    """Host statements and ifs only: elementwise values cannot influence a decision, and
+    tracks influence nothing."""
     for stmt in stmts:
+        if isinstance(stmt, S.Track):
+            continue
         if isinstance(stmt, S.Assign):
             if len(stmt.targets) > 1 and isinstance(stmt.value, S.Tuple):
                 pairs = list(zip(stmt.targets, stmt.value.items, strict=True))

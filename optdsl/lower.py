@@ -4,6 +4,10 @@ Host ``if`` statements are resolved by the *path*: the tuple of branch indices t
 the order the ``if`` statements are reached (``len(branches)`` means "no branch": the
 ``else``, or nothing). :func:`paths` enumerates every possible path; the runtime computes
 the path for a step with the generated ``decide`` function (``optdsl.hostcode``).
+
+``track`` statements are lowered only when asked for (``tracks=True``): each one the path
+reaches becomes an output ``track:NAME``. Left out, they emit nothing at all, so a kernel
+without diagnostics is exactly the kernel of the spec without its track lines.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class _Builder:
         self.instrs: list[Instr] = []
         self.ids = count()
         self.cache: dict[tuple, Var] = {}
+        self.tracks: list[tuple[str, Var]] | None = None  # None: tracks are not lowered
 
     def emit(self, op: str, args: tuple[Var, ...] = (), attr=None, span=None, hint="",
              type_: Type | None = None) -> Var:
@@ -78,9 +83,12 @@ class _Builder:
         return self.cache[key]
 
 
-def lower(checked: CheckedSpec, path: Path) -> Program:
-    """The straight-line program that ``path`` selects."""
+def lower(checked: CheckedSpec, path: Path, *, tracks: bool = False) -> Program:
+    """The straight-line program that ``path`` selects; with ``tracks``, each ``track``
+    statement on the path adds an output ``track:NAME`` (elementwise, in source order)."""
     b = _Builder(checked)
+    if tracks:
+        b.tracks = []
     spec = checked.spec
     env: dict[str, Var] = {}
     for name in ("p", "g"):
@@ -97,6 +105,7 @@ def lower(checked: CheckedSpec, path: Path) -> Program:
         loaded = b.cache.get(("load", name))
         if var is not loaded:
             outputs.append((name, var))
+    outputs += b.tracks or ()
     notes = tuple(sorted(S.statement_lines(spec).items()))
     return Program(spec.name, tuple(b.instrs), tuple(outputs), notes=notes)
 
@@ -109,6 +118,13 @@ def _lower_block(stmts, env: dict[str, Var], decisions: list[int], b: _Builder) 
             choice = decisions.pop(0)
             bodies = [body for _, body in stmt.branches] + [stmt.orelse or ()]
             _lower_block(bodies[choice], env, decisions, b)
+            continue
+        if isinstance(stmt, S.Track):
+            if b.tracks is not None:
+                value = _lower_expr(stmt.value, env, b)
+                if not value.type.is_tensor:  # a host value is the same in every element
+                    value = b.emit("copy", (value,), None, stmt.span, stmt.name, TENSOR_FLOAT)
+                b.tracks.append((f"track:{stmt.name}", value))
             continue
         if len(stmt.targets) > 1 and isinstance(stmt.value, S.Tuple):
             values = [_lower_expr(item, env, b) for item in stmt.value.items]

@@ -24,7 +24,8 @@ _READABLE = {
     "NUMBER": "a number", "STRING": "a string", "_NL": "end of line",
     "_INDENT": "an indented block", "_DEDENT": "end of block", "$END": "end of file",
     "HYPER": "'hyper'", "STATE": "'state'", "UPDATE": "'update:'", "REQUIRE": "'require'",
-    "KIND": "'optimizer NAME'", "ELSE": "'else'", "IN": "'in'", "AUGOP": "'+='",
+    "KIND": "'optimizer NAME'", "ELSE": "'else'", "TRACK": "'track'", "IN": "'in'",
+    "AUGOP": "'+='",
     "INTERVAL_OPEN": "'[' or '('", "INTERVAL_CLOSE": "']' or ')'",
 }
 _EXPRESSION_START = {"NAME", "NUMBER", "STRING", "LPAR", "MINUS", "PLUS", "TRUE", "FALSE",
@@ -34,7 +35,7 @@ _DECLARATIONS = ("hyper", "state", "require")
 _UPDATE_HEADER = re.compile(r"update\s*:\s*(#.*)?$")
 # Words the grammar reserves in some places; the contextual lexer reads them as NAMEs
 # elsewhere, so 'a - not b' fails at 'b' unless we look back at the 'not'.
-KEYWORDS = {"if", "elif", "else", "not", "and", "or", "in", "pass", "True", "False"}
+KEYWORDS = {"if", "elif", "else", "not", "and", "or", "in", "pass", "track", "True", "False"}
 # Python statements a user may reach for; optdsl has none of them.
 _PYTHON_ONLY = {"return", "import", "from", "def", "class", "for", "while", "lambda",
                 "with", "try", "del", "global", "assert", "raise", "yield", "print"}
@@ -233,6 +234,9 @@ def _misplaced_word(source: SourceFile, token: Token, previous: Token | None
         if word in ("else", "elif"):
             return error(source, span, f"'{word}' without a matching 'if'",
                           f"'{word}' follows an 'if' block at the same indentation")
+        if word == "print":
+            return error(source, span, "'print' is not part of optdsl",
+                          "to see a value, record it with 'track NAME = EXPR'")
         if word in _PYTHON_ONLY:
             return error(source, span, f"'{word}' is not part of optdsl",
                           "an update block holds assignments, 'if' blocks and 'pass'")

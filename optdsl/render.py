@@ -28,6 +28,31 @@ def ident(name: str, prefix: str = "v_") -> str:
     return out
 
 
+# Extra kernel outputs (diagnostics: see optdsl.extras) are named KIND:NAME, which no spec
+# name can be. In generated code each kind takes its own letter after the prefix's, so
+# that ``c_`` + a spec name and ``ct_`` + a track name can never be the same identifier:
+# ``track:lr`` -> ``ct_lr``, ``diag:update`` -> ``cd_update``, ``dlr:lr`` -> ``ch_lr``.
+EXTRA_KINDS = {"track": "t", "diag": "d", "dlr": "h"}
+
+
+def buffer_ident(name: str, prefix: str) -> str:
+    """A kernel buffer's name (``p``, a state, or an extra output ``KIND:NAME``) as a safe
+    Python or C++ name, for a ``prefix`` that ends with ``_``."""
+    kind, colon, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not colon:
+        return ident(name, prefix)
+    if kind not in EXTRA_KINDS or not prefix.endswith("_"):
+        raise InternalCompilerError(f"refusing to render buffer name {name!r}")
+    return ident(rest, prefix[:-1] + EXTRA_KINDS[kind] + "_")
+
+
+def quoted_buffer(name: str) -> str:
+    """A buffer name (an identifier, or ``KIND:NAME`` for an extra output) as a string
+    literal (``BUFFERS = ('p', 'g', 'track:lr', )``)."""
+    buffer_ident(name, "b_")
+    return "'" + name + "'"
+
+
 def quoted_ident(name: str) -> str:
     """A validated identifier as a string literal (dictionary keys like ``h['lr']``)."""
     ident(name)

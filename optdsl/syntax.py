@@ -110,6 +110,17 @@ class Assign(Stmt):
 
 
 @dataclass(frozen=True)
+class Track(Stmt):
+    """``track NAME = EXPR``: the value of EXPR here is the diagnostic NAME, an extra
+    kernel output (``track:NAME``) when a step asks for tracks; it binds no name."""
+
+    name: str
+    value: Expr
+    span: Span = _span()
+    name_span: Span = _span()
+
+
+@dataclass(frozen=True)
 class If(Stmt):
     """``if``/``elif`` branches as (condition, body) pairs, and an optional ``else`` body."""
 
@@ -291,6 +302,9 @@ def statement_lines(spec: Spec) -> dict[int, str]:
         for stmt in stmts:
             if isinstance(stmt, Assign):
                 lines[stmt.span.line] = f"{', '.join(stmt.targets)} = {unparse(stmt.value)}"
+                continue
+            if isinstance(stmt, Track):
+                lines[stmt.span.line] = f"track {stmt.name} = {unparse(stmt.value)}"
                 continue
             for i, (cond, body) in enumerate(stmt.branches):
                 lines[cond.span.line] = f"{'if' if i == 0 else 'elif'} {unparse(cond)}:"

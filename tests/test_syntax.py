@@ -20,6 +20,8 @@ def assignments(stmts):
     for stmt in stmts:
         if isinstance(stmt, S.Assign):
             yield stmt
+        elif isinstance(stmt, S.Track):
+            yield S.Assign((stmt.name,), stmt.value)
         else:
             for cond, body in stmt.branches:
                 yield S.Assign(("c",), cond)

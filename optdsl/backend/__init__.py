@@ -17,7 +17,12 @@ from ..errors import OptdslError
 
 @dataclass(frozen=True)
 class Kernel:
-    """A built kernel: scalar prologue, fused body, and what it touches."""
+    """A built kernel: scalar prologue, fused body, and what it touches.
+
+    ``buffers`` (all it reads or writes, in call order) and ``outputs`` (what it writes)
+    name p, g and states, and the extra outputs of a kernel built with extras
+    (``track:NAME``, ``diag:update``, ``dlr:HYPER``; see :mod:`optdsl.extras`), which are
+    only written."""
 
     source: str
     host_args: Callable[[dict, int], tuple]
@@ -73,11 +78,13 @@ class Backend:
 @cache
 def template(name: str):
     """The Jinja2 template ``codegen/NAME`` with the filters every backend's uses: ``ident``
-    (a validated identifier with a prefix) and ``quoted`` (one as a string literal)."""
+    (a validated identifier with a prefix), ``quoted`` (one as a string literal), and
+    ``buffer`` and ``quoted_buffer``, the same for buffer names, which may be extra
+    outputs' ``KIND:NAME`` (see :func:`optdsl.render.buffer_ident`)."""
     import jinja2
 
     from .._resources import data_dir
-    from ..render import ident, quoted_code, quoted_ident
+    from ..render import buffer_ident, ident, quoted_buffer, quoted_code, quoted_ident
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("codegen"))),
@@ -89,6 +96,8 @@ def template(name: str):
     )
     env.filters["ident"] = lambda name, prefix="v_": ident(name, prefix)
     env.filters["quoted"] = quoted_ident
+    env.filters["buffer"] = buffer_ident
+    env.filters["quoted_buffer"] = quoted_buffer
     env.filters["quoted_text"] = quoted_code
     return env.get_template(name)
 

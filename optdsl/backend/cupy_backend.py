@@ -15,6 +15,10 @@ with ``--fmad=false``, so float32 and float64 compute op by op as the NumPy back
 the CUDA math library's exp, log, pow, sin, cos and tanh may differ from NumPy's by an
 ulp or so).
 
+Extra outputs (``track:NAME``, ``diag:update``, ``dlr:HYPER``: :mod:`optdsl.extras`) are
+written buffers like p and the states, only never read; in generated code they are named
+``bt_NAME``, ``bd_NAME`` and ``bh_NAME`` (:func:`optdsl.render.buffer_ident`).
+
 ``cupy`` is imported when a kernel is first built or a CuPy array is first seen, never
 with optdsl. Rendering (``Cls.source("cupy")``) needs no GPU; neither does
 :func:`kernel_code`, the exact CUDA source CuPy would compile, which the CPU-only tests
@@ -23,8 +27,10 @@ compile with NVRTC for several GPU architectures.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
+import sys
 import threading
 import types
 from typing import Any
@@ -35,7 +41,7 @@ from ..arrays import on_device
 from ..errors import InternalCompilerError, OptdslError
 from ..hostcode import render_host_args
 from ..ir import Program
-from ..render import ident, number
+from ..render import buffer_ident, ident, number
 from . import Backend, Kernel, ScalarCode, register, template
 
 # Elements one block of the multi-tensor kernel steps, and its threads (torch's
@@ -128,6 +134,11 @@ def math_dtype(dtype: Any) -> np.dtype:
     return np.dtype(np.float32) if dtype.name in NARROW else dtype
 
 
+@functools.cache
+def _installed() -> bool:
+    return importlib.util.find_spec("cupy") is not None
+
+
 class CupyBackend(Backend):
     name = "cupy"
     device_kind = "cuda"
@@ -136,8 +147,11 @@ class CupyBackend(Backend):
 
     def available(self) -> bool:
         # Installed is enough: rendering and compiling need no GPU; running needs CuPy
-        # arrays, which need one.
-        return importlib.util.find_spec("cupy") is not None
+        # arrays, which need one. Imported (or blocked with None) says so at once; else
+        # the finder is asked once (a replanned step asks, and it costs milliseconds).
+        if "cupy" in sys.modules:
+            return sys.modules["cupy"] is not None
+        return _installed()
 
     def accepts(self, array: Any) -> bool:
         return _is_cupy_array(array) and array.dtype.name in (*NARROW, "float32", "float64")
@@ -170,15 +184,15 @@ class CupyBackend(Backend):
                          lambda ins: [f"const F x{ins.out.id} = (F){ident(ins.attr, 'b_')};"],
                          op)
         outputs = [name for name, _ in program.outputs]
-        stores = [f"{ident(name, 'b_')} = (T)({operand(var)});"
+        stores = [f"{buffer_ident(name, 'b_')} = (T)({operand(var)});"
                   for name, var in program.outputs]
         buffers = list(program.loads) + [n for n in outputs if n not in program.loads]
         in_buffers = [b for b in buffers if b not in outputs]
         scalar_kinds = ["b" if v.type.elem == "bool" else "f" for v in program.kernel_args]
         scalar_params = [f"{'bool' if k == 'b' else 'S'} {a}"
                          for k, a in zip(scalar_kinds, args.values(), strict=True)]
-        in_params = [f"T {ident(b, 'b_')}" for b in in_buffers] + scalar_params
-        out_params = [f"T {ident(b, 'b_')}" for b in outputs]
+        in_params = [f"T {buffer_ident(b, 'b_')}" for b in in_buffers] + scalar_params
+        out_params = [f"T {buffer_ident(b, 'b_')}" for b in outputs]
         kernel_name = f"optdsl_{ident(program.name, '')}_" + "_".join(
             str(k).replace("-", "m") for k in path)
         return _template().render(

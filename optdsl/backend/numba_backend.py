@@ -41,7 +41,7 @@ from ..errors import InternalCompilerError
 from ..hostcode import render_host_args
 from ..ir import Program
 from ..ops import quiet
-from ..render import ident, number
+from ..render import buffer_ident, ident, number
 from ..syntax import line_comment
 from . import Backend, Kernel, ScalarCode, pool, register, template
 
@@ -176,14 +176,16 @@ class NumbaBackend(Backend):
         body = code.body(lambda line: line_comment(line, notes),
                          lambda ins: [f"x{ins.out.id} = {ident(ins.attr, 'c_')}[i]"], op)
         outputs = [name for name, _ in program.outputs]
-        stores = [f"{ident(name, 'c_')}[i] = {operand(var)}" for name, var in program.outputs]
+        stores = [f"{buffer_ident(name, 'c_')}[i] = {operand(var)}"
+                  for name, var in program.outputs]
         buffers = list(program.loads) + [n for n in outputs if n not in program.loads]
         floats = [args[v.id] for v in program.kernel_args if v.type.elem == "float"]
         ops = [f"T({a})" if a in floats else a for a in args.values()]
         ops += [f"T({text})" for text in constant.names]
         scalars = [*args.values(), *constant.names.values()]
-        params = ["start", "stop", *(ident(b, "b_") for b in buffers), *scalars]
-        call = ["lo", "min(lo + per, stop)", *(ident(b, "b_") for b in buffers), *scalars]
+        params = ["start", "stop", *(buffer_ident(b, "b_") for b in buffers), *scalars]
+        call = ["lo", "min(lo + per, stop)", *(buffer_ident(b, "b_") for b in buffers),
+                *scalars]
         return _template().render(
             version=__version__, kind=kind, name=ident(program.name, ""), path=list(path),
             buffers=buffers, outputs=outputs, host_args="\n".join(render_host_args(program)),

@@ -15,7 +15,7 @@ from ..errors import InternalCompilerError
 from ..hostcode import render_host_args
 from ..ir import Program
 from ..ops import UFUNC, quiet
-from ..render import ident, number
+from ..render import buffer_ident, ident, number
 from ..syntax import line_comment
 from . import Backend, Kernel, register, template
 
@@ -47,8 +47,8 @@ def _format(op: str, out: str, args: list[str]) -> str:
 
 
 def _slot_name(slot: str) -> str:
-    if ":" in slot:
-        return ident(slot.split(":", 1)[1], "c_")
+    if ":" in slot:  # in:NAME, out:NAME (NAME may be an extra output's KIND:NAME)
+        return buffer_ident(slot.split(":", 1)[1], "c_")
     return slot
 
 
@@ -93,7 +93,8 @@ class NumpyBackend(Backend):
         for name, var in program.outputs:
             target = f"out:{name}"
             if slots[var.id] != target:
-                body.append(f"_np.copyto({ident(name, 'c_')}, {_slot_name(slots[var.id])})")
+                body.append(f"_np.copyto({buffer_ident(name, 'c_')}, "
+                            f"{_slot_name(slots[var.id])})")
         outputs = [name for name, _ in program.outputs]
         buffers = list(program.loads) + [n for n in outputs if n not in program.loads]
         n_float = len({s for s in slots.values() if s[:1] == "f" and s[1:].isdigit()})

@@ -37,6 +37,7 @@ from tests.security.test_injection import (  # noqa: E402
     check_generated,
     evil_spec,
     template_comment_patterns,
+    with_extras,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,7 +164,9 @@ EVIL = load_spec(evil_spec(Path("/nonexistent/pwned")), "modal.opt")
 
 
 def numba_sources(spec) -> list[str]:
-    return [spec.kernel(NUMBA, path).source for path in spec.paths()]
+    """Every path's kernel, without and with every extra output."""
+    return [k.source for path in spec.paths()
+            for k in (spec.kernel(NUMBA, path), with_extras(spec, NUMBA, path))]
 
 
 def check_numba_source(source: str) -> None:
@@ -229,7 +232,7 @@ for n in (7, 3 * int(sys.argv[1])):  # the serial twin, then (on 2+ cores) the p
     p = optdsl.Param(np.zeros(n, np.float32))
     p.grad = np.ones(n, np.float32)
     Adam([p], backend="numba").step()
-(kernel,) = [k for (backend, _), k in Adam._spec.kernels.items() if backend == "numba"]
+(kernel,) = [k for (backend, *_), k in Adam._spec.kernels.items() if backend == "numba"]
 print(json.dumps(kernel.stats))
 """
 

@@ -27,15 +27,33 @@ from optdsl.api import make_class
 from optdsl.backend import cupy_backend
 from optdsl.backend import get as get_backend
 from optdsl.compiler import load_spec
+from optdsl.errors import NotAffineError
 from optdsl.optim import STDLIB, load
+from optdsl.render import buffer_ident
 
 NUMPY = get_backend("numpy")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# The name of an extra kernel output (optdsl.extras): a fixed kind, a colon, an identifier.
+EXTRA_BUFFER = re.compile(r"(?:track|diag|dlr):[A-Za-z_][A-Za-z0-9_]*\Z")
+# Every extra output, asked of every kernel whose step is affine in lr.
+EXTRAS = ("track", "update", "dlr:lr")
+
+
+def with_extras(spec, backend, path):
+    """The kernel of ``path`` with every extra output (without ∂p/∂lr where the step is
+    not affine in lr, or the spec has no lr)."""
+    try:
+        return spec.kernel(backend, path, EXTRAS)
+    except NotAffineError:
+        return spec.kernel(backend, path, EXTRAS[:2])
 
 
 def all_sources(spec) -> list[str]:
-    """The host module and the NumPy kernel of every path of a compiled spec."""
-    return [spec.host_source] + [spec.kernel(NUMPY, path).source for path in spec.paths()]
+    """The host module and the NumPy kernel of every path of a compiled spec, without and
+    with every extra output."""
+    return [spec.host_source] + [k.source for path in spec.paths()
+                                 for k in (spec.kernel(NUMPY, path),
+                                           with_extras(spec, NUMPY, path))]
 
 
 def step_once(cls, **hypers) -> np.ndarray:
@@ -137,6 +155,7 @@ require mode != "{b}" or lr > 0, "\\"); os.system('touch {marker}') #"
 update:
     if mode == "{a}":
         p = p - lr * g
+        track args = (lr if tag == "{a}" else 2 * lr) * g
     elif mode == "{b}":
         p = p + lr * g
     elif tag == "{a}":
@@ -277,7 +296,8 @@ def check_generated(source: str, *, imports=(["numpy"], ["ops"]), fixed_docstrin
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                 not any(node is d for d in docstrings) and id(node) not in checked:
-            assert IDENTIFIER.match(node.value) and not keyword.iskeyword(node.value), \
+            assert (IDENTIFIER.match(node.value) and not keyword.iskeyword(node.value)) \
+                or EXTRA_BUFFER.match(node.value), \
                 f"string literal {node.value!r} in generated code"
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names]
@@ -308,6 +328,10 @@ def test_the_checks_above_would_catch_a_leak():
         check_generated("x = 1  # touch /tmp/pwned\n")
     with pytest.raises(AssertionError):
         check_generated("import os\n")
+    check_generated("BUFFERS = ('p', 'track:lr', 'dlr:lr', 'diag:update', )\n")
+    for bad in ("track:os.system", "track:lr; x", "evil:lr", "track:"):
+        with pytest.raises(AssertionError, match="string literal"):
+            check_generated(f"BUFFERS = ('p', {bad!r}, )\n")
 
 
 # --- the cupy backend: CUDA C++ in string literals ------------------------------------
@@ -352,10 +376,12 @@ _EXPR = "(?:" + "|".join([
 # Python comments' (names, numbers, operators, brackets, <string>).
 _TOKEN = (r"(?:[A-Za-z_][A-Za-z0-9_]*|[0-9][A-Za-z0-9_.+-]*|<string>|\*\*|[-+*/%<>=!]=?"
           r"|[(),\[\]:]| )")
+# A buffer as the kernels name it: b_NAME, or bt_/bd_/bh_NAME for an extra output.
+_BUF = rf"b[tdh]?_{_ID}"
 _BODY = [
-    rf"const F x[0-9]+ = \(F\)b_(?P<buffer>{_ID});",
+    rf"const F x[0-9]+ = \(F\)(?P<buffer>{_BUF});",
     rf"const (?:F|bool) x[0-9]+ = {_EXPR};",
-    rf"b_(?P<output>{_ID}) = \(T\)\({_V}\);",
+    rf"(?P<output>{_BUF}) = \(T\)\({_V}\);",
     rf"// line [0-9]+(?:: {_TOKEN}+)?",
 ]
 OPERATION_LINES = [re.compile(p) for p in ["", re.escape("// the step's results"), *_BODY]]
@@ -370,12 +396,12 @@ MULTI_LINES += [re.compile(p) for p in [
     r"  const long long\* blocks = pointers \+ [0-9]+ \* n_tensors;",
     r"  const long long end = start \+ (?P<chunk>[0-9]+) < sizes\[t\] \? "
     r"start \+ (?P=chunk) : sizes\[t\];",
-    rf"  (?:const )?T\* __restrict__ _raw_b_(?P<buffer>{_ID}) = \((?:const )?T\*\)"
+    rf"  (?:const )?T\* __restrict__ _raw_(?P<buffer>{_BUF}) = \((?:const )?T\*\)"
     r"pointers\[[0-9]+ \* n_tensors \+ t\];",
-    rf"    (?:const )?T &b_(?P<buffer>{_ID}) = _raw_b_(?P=buffer)\[i\];",
+    rf"    (?:const )?T &(?P<buffer>{_BUF}) = _raw_(?P=buffer)\[i\];",
     *("    " + p for p in _BODY),
 ]]
-_PARAM = re.compile(rf"T b_(?P<buffer>{_ID})|(?:S|bool) a[0-9]+")
+_PARAM = re.compile(rf"T (?P<buffer>{_BUF})|(?:S|bool) a[0-9]+")
 
 
 def check_cuda_lines(text: str, patterns: list[re.Pattern], names: dict[str, set]) -> None:
@@ -407,7 +433,10 @@ def check_cupy_source(source: str) -> None:
     module = {node.targets[0].id: node.value for node in ast.parse(source).body
               if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
     buffers = set(ast.literal_eval(module["BUFFERS"]))
-    names = {"buffer": buffers, "output": set(ast.literal_eval(module["OUTPUTS"])) & buffers,
+    outputs = set(ast.literal_eval(module["OUTPUTS"])) & buffers
+    # the names as the CUDA code spells them (b_p, bt_effective_lr)
+    names = {"buffer": {buffer_ident(b, "b_") for b in buffers},
+             "output": {buffer_ident(b, "b_") for b in outputs},
              "kernel": {ast.literal_eval(module["MULTI_NAME"])}}
     check_generated(source, fixed_docstrings=CUPY_DOCSTRINGS, comments=CUPY_COMMENTS,
                     literals={
@@ -423,7 +452,8 @@ def check_cupy_source(source: str) -> None:
 
 
 def cupy_sources(spec) -> list[str]:
-    return [spec.kernel(CUPY, path).source for path in spec.paths()]
+    return [k.source for path in spec.paths()
+            for k in (spec.kernel(CUPY, path), with_extras(spec, CUPY, path))]
 
 
 def test_cupy_template_literals_are_fixed_text():
@@ -450,7 +480,7 @@ def test_string_hypers_and_literals_never_reach_cupy_code(tmp_path):
     a = PAYLOAD.format(marker=marker)
     b = DOUBLE_PAYLOAD.format(marker=marker)
     sources = cupy_sources(spec)
-    assert len(sources) == len(spec.paths()) >= 4
+    assert len(sources) == 2 * len(spec.paths()) >= 8
     assert_inert(sources, marker, a, b, a[:12], b[:12], "touch")
     for source in sources:
         check_cupy_source(source)
