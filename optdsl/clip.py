@@ -20,6 +20,7 @@ import numpy as np
 
 from . import arrays
 from .errors import HyperError, HyperTypeError, NonFiniteNormError
+from .sparse import RowSparse
 
 # Elements reduced at a time on the host: bounds the temporaries |g| and |g|**p.
 _CHUNK = 1 << 17
@@ -36,7 +37,9 @@ def clip_grad_norm_(params: Any, max_norm: float, norm_type: float | str = 2.0,
         g_i \leftarrow g_i \cdot \min\!\Big(\frac{\text{max\_norm}}{N + 10^{-6}},\ 1\Big)
 
     ``params``: one parameter or an iterable of them (objects with array attributes
-    ``.data`` and ``.grad``); params whose ``grad`` is None are skipped. ``norm_type`` is
+    ``.data`` and ``.grad``); params whose ``grad`` is None are skipped. An
+    :class:`optdsl.RowSparse` gradient counts as its dense equivalent: it is coalesced in
+    place and its values are scaled. ``norm_type`` is
     p: any float (``inf``, ``-inf``, ``0`` and ``"inf"`` included, as torch takes them).
 
     As torch's: the coefficient is computed in the norm's dtype as torch does
@@ -69,7 +72,8 @@ def clip_grad_norm_(params: Any, max_norm: float, norm_type: float | str = 2.0,
 def clip_grad_value_(params: Any, clip_value: float, foreach: bool | None = None) -> None:
     """Clamp the gradients of ``params`` in place to ``[-clip_value, clip_value]`` (the
     bound rounded to each gradient's dtype; a nan stays nan), as torch's. Params whose
-    grad is None are skipped. A negative or nan ``clip_value`` raises :class:`HyperError`
+    grad is None are skipped; an :class:`optdsl.RowSparse` gradient is coalesced in place
+    and its values clamped. A negative or nan ``clip_value`` raises :class:`HyperError`
     (torch sets every gradient to ``clip_value`` then)."""
     clip_value = _number("clip_value", clip_value, "clip_grad_value_")
     for run in _runs(_grads(params)):
@@ -202,6 +206,12 @@ def _grads(params: Any) -> list:
         g = p.grad
         if g is None:
             continue
+        if isinstance(g, RowSparse):
+            # Its rows, summed first (a norm or a clamp of duplicates apart would not be
+            # the dense gradient's); scaled and clamped in place as a dense one.
+            g = g.coalesce_().values
+            if not g.size:
+                continue  # no rows: a zero gradient, as dense (even for the inf-norms)
         if not arrays.is_array(g) or not arrays.is_float(g.dtype):
             raise HyperTypeError(f"clipping: a gradient must be a floating-point NumPy or "
                                  f"CuPy array, got {arrays.describe(g)}")

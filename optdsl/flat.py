@@ -98,7 +98,7 @@ def flatten(params: Iterable[Any]) -> FlatParams:
     anything else, and ValueError for a param listed twice."""
     params = list(params)
     seen: set[int] = set()
-    by_dtype: dict[str, list[Any]] = {}
+    by_dtype: dict[tuple, list[Any]] = {}
     for p in params:
         data = getattr(p, "data", None)
         if not hasattr(p, "grad") or not arrays.is_array(data):
@@ -122,6 +122,7 @@ def flatten(params: Iterable[Any]) -> FlatParams:
             raise ValueError("flatten: two parameters share one .data array; flattening "
                              "would give each its own copy")
         seen.update((id(p), id(data)))
-        by_dtype.setdefault((arrays.device(data), data.dtype.str), []).append(p)
-    buffers = [FlatBuffer(members, np.dtype(key[1])) for key, members in by_dtype.items()]
+        # keyed by the dtype itself: bfloat16's .str is '<V2', which np.dtype reads as void
+        by_dtype.setdefault((arrays.device(data), np.dtype(data.dtype)), []).append(p)
+    buffers = [FlatBuffer(members, key[1]) for key, members in by_dtype.items()]
     return FlatParams(params, buffers)

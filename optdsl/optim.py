@@ -10,12 +10,27 @@ from .api import StdlibModule
 
 STDLIB = {
     "SGD": "sgd.opt", "Adam": "adam.opt", "AdamW": "adamw.opt", "RMSprop": "rmsprop.opt",
-    "Adagrad": "adagrad.opt", "Adadelta": "adadelta.opt",
+    "Adagrad": "adagrad.opt", "Adadelta": "adadelta.opt", "SparseAdam": "sparse_adam.opt",
 }
 
-__all__ = list(STDLIB) + ["load", "STDLIB"]
+# Optimizers that, as their torch.optim namesakes, step only the rows of optdsl.RowSparse
+# gradients (lazily) and refuse dense ones: their classes get ``sparse_only = True``.
+SPARSE_ONLY = frozenset({"SparseAdam"})
 
-_stdlib = StdlibModule(__name__, "optimizer", STDLIB)
+__all__ = list(STDLIB) + ["load", "STDLIB", "SPARSE_ONLY"]
+
+
+class _Optimizers(StdlibModule):
+    """The stdlib's optimizers, with the class attributes :data:`SPARSE_ONLY` sets."""
+
+    def load(self, name: str) -> type:
+        cls = super().load(name)
+        if name in SPARSE_ONLY:
+            cls.sparse_only = True
+        return cls
+
+
+_stdlib = _Optimizers(__name__, "optimizer", STDLIB)
 load = _stdlib.load
 
 

@@ -134,3 +134,92 @@ def gallery_figure(panels: Sequence[tuple[str, Mapping[str, np.ndarray]]], colum
 def plot_gallery(path: str | Path, dpi: int = 80) -> None:
     """Write the README's figure of every stdlib schedule to ``path``."""
     gallery_figure(gallery_values()).savefig(path, dpi=dpi)
+
+
+# --- optdsl plot-diagnostics -------------------------------------------------------------
+
+def diagnostics_figure(records: Sequence[Mapping[str, Any]], group: int = 0,
+                       source: str = ""):
+    """Four panels over the steps of a diagnostics log (:func:`optdsl.diagnostics.read_jsonl`):
+    each group's gradient norm, its update/param ratio, the mean of each tracked value
+    with its min-max band, and a heat map of group ``group``'s gradient histograms."""
+    from .diagnostics import rebin, series
+
+    data = series(list(records))
+    steps, groups = data["steps"], data["groups"]
+    if group not in groups:
+        raise OptdslError(f"group {group} is in no record of {source or 'the log'} "
+                          f"(groups: {', '.join(map(str, groups))})")
+    fig = _figure(figsize=(7.2, 8.4), layout="constrained")
+    axes = fig.subplots(4, 1, sharex=True)
+    colors = [f"C{i}" for i in range(10)]
+    for k, (gi, g) in enumerate(groups.items()):
+        color = colors[k % len(colors)]
+        axes[0].plot(steps, _positive(g["grad_norm"]), color=color, lw=1.2, label=f"group {gi}")
+        axes[1].plot(steps, _positive(g["update_ratio"]), color=color, lw=1.2,
+                     label=f"group {gi}")
+    axes[0].set_ylabel("grad norm")
+    axes[1].set_ylabel("update / param")
+    for ax, key in zip(axes[:2], ("grad_norm", "update_ratio"), strict=False):
+        if any(np.any(_positive(g[key]) > 0) for g in groups.values()):
+            ax.set_yscale("log")  # (not when every value is 0 or nan: nothing to draw)
+        if len(groups) > 1:
+            ax.legend(fontsize=7, loc="best")
+    ax = axes[2]
+    k = 0
+    for gi, g in groups.items():
+        for name, t in g["tracks"].items():
+            color = colors[k % len(colors)]
+            ax.plot(steps, t["mean"], color=color, lw=1.2, label=f"{name} (group {gi}) mean")
+            ax.fill_between(steps, t["min"], t["max"], color=color, alpha=0.2, lw=0)
+            k += 1
+    if k:
+        ax.set_yscale("log" if _all_positive(groups) else "linear")
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no tracked values (track NAME = ... in the .opt file)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.4")
+    ax.set_ylabel("tracked: mean,\nmin-max band")
+    ax = axes[3]
+    counts, edges = rebin(groups[group]["histograms"])
+    if len(steps):
+        x = _step_edges(steps)
+        mesh = ax.pcolormesh(x, edges, np.log10(1 + counts.T), cmap="viridis",
+                             shading="flat")
+        fig.colorbar(mesh, ax=ax, label="log10(1 + count)", pad=0.01)
+    ax.set_ylabel(f"grad values\n(group {group})")
+    ax.set_xlabel("step")
+    for ax in axes[:3]:
+        ax.grid(alpha=0.3)
+    name = data["optimizer"] or "optimizer"
+    title = f"{name} diagnostics" + (f": {Path(source).name}" if source else "")
+    axes[0].set_title(f"{title} ({len(steps)} records)", fontsize=10)
+    return fig
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    """Values for a log axis: non-positive ones (an update of 0) as gaps."""
+    out = np.asarray(values, float).copy()
+    out[~(out > 0)] = np.nan
+    return out
+
+
+def _all_positive(groups: Mapping[int, Mapping[str, Any]]) -> bool:
+    lows = [t["min"] for g in groups.values() for t in g["tracks"].values()]
+    values = np.concatenate(lows) if lows else np.array([])
+    values = values[np.isfinite(values)]
+    return bool(values.size) and bool(np.all(values > 0))
+
+
+def _step_edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges around each step, for a heat map column per record."""
+    if len(steps) == 1:
+        return np.array([steps[0] - 0.5, steps[0] + 0.5])
+    mid = (steps[1:] + steps[:-1]) / 2
+    return np.concatenate([[2 * steps[0] - mid[0]], mid, [2 * steps[-1] - mid[-1]]])
+
+
+def plot_diagnostics(records: Sequence[Mapping[str, Any]], path: str | Path, group: int = 0,
+                     source: str = "", dpi: int = 80) -> None:
+    """Write :func:`diagnostics_figure` to ``path`` (the format follows its extension)."""
+    diagnostics_figure(records, group, source).savefig(path, dpi=dpi)

@@ -21,6 +21,7 @@ import numpy as np
 from . import arrays
 from . import clip as C
 from . import hypers as H
+from . import sparse as S
 from .backend import Backend, pool
 from .backend import available as available_backends
 from .backend import get as get_backend
@@ -35,6 +36,24 @@ from .errors import (
     ParamGroupTypeError,
     StateDictError,
 )
+
+# The extra outputs diagnostics=True asks the kernels for (see optdsl.extras).
+DIAGNOSTIC_EXTRAS = ("track", "update")
+
+
+class _HookHandle:
+    """What ``register_step_pre_hook`` returns: ``remove()`` unregisters the hook."""
+
+    _ids = itertools.count()
+
+    def __init__(self, hooks: dict[int, Callable], hook: Callable):
+        if not callable(hook):
+            raise TypeError(f"a step hook must be callable, got {type(hook).__name__}")
+        self.hooks, self.id = hooks, next(self._ids)
+        hooks[self.id] = hook
+
+    def remove(self) -> None:
+        self.hooks.pop(self.id, None)
 
 
 class _Version:
@@ -72,10 +91,12 @@ class Param:
 
 
 class _Layout:
-    """The state of one param group for one dtype: one flat buffer, a view per param.
+    """The state of one param group for one dtype: flat buffers, a view per param.
 
-    Row ``k`` of ``buffer`` is state ``names[k]`` for every param of the group with this
-    dtype, laid end to end, so the kernel can also run over a whole row at once.
+    Each state is a row: state ``name`` for every param of the group with this dtype,
+    laid end to end, so the kernel can also run over a whole row at once. Rows are
+    grouped into one buffer per storage dtype: the params' dtype unless ``dtypes`` gives
+    another for a state (``state_dtypes``, and fp32 master weights of narrow params).
 
     Rows start at different offsets within a 4 KiB page (and away from offset 0, where
     large arrays such as the params and grads start): a kernel streams every row and p
@@ -90,9 +111,12 @@ class _Layout:
     # GPU rows start on 256-byte boundaries instead (whole memory transactions).
     GPU_ALIGN = 256
 
-    def __init__(self, params: list[Any], dtype: np.dtype, names: list[str]):
+    def __init__(self, params: list[Any], dtype: np.dtype, names: list[str],
+                 dtypes: dict[str, np.dtype] | None = None):
         self.params = params
         self.dtype = np.dtype(dtype)
+        # Storage dtypes of states stored otherwise than the params.
+        self.dtypes = {k: np.dtype(v) for k, v in (dtypes or {}).items()}
         # Where the state lives: with the params (host memory, or their GPU).
         self.like = params[0].data
         self.device = arrays.device(self.like)
@@ -103,38 +127,64 @@ class _Layout:
             offset += int(np.size(p.data))
         self.size = offset
         self.names: list[str] = []
-        self.buffer = self._allocate(0)
+        # dtype -> (rows, size) array (keyed by the dtype itself: bfloat16's .str is '<V2')
+        self.buffers: dict[np.dtype, Any] = {}
+        self.rows: dict[str, tuple[np.dtype, int]] = {}  # name -> (dtype, row)
         self.grow(names)
 
-    def _allocate(self, rows: int) -> np.ndarray:
-        """A zeroed (rows, size) view whose row k starts (k + 1) * PHASE bytes into a
-        page, modulo 4 KiB, given a page-aligned allocation (as large ones are)."""
-        item = self.dtype.itemsize
+    def dtype_of(self, name: str) -> np.dtype:
+        return self.dtypes.get(name, self.dtype)
+
+    def _allocate(self, rows: int, dtype: np.dtype, first: int) -> np.ndarray:
+        """A zeroed (rows, size) view whose row k starts (first + k + 1) * PHASE bytes
+        into a page, modulo 4 KiB, given a page-aligned allocation (as large ones are)."""
+        item = dtype.itemsize
         if self.device != "cpu":
             align = self.GPU_ALIGN // item
             stride = -(-self.size // align) * align
-            flat = arrays.zeros(rows * stride, self.dtype, self.like)
+            flat = arrays.zeros(rows * stride, dtype, self.like)
             return flat.reshape(rows, stride)[:, : self.size]
-        head = self.PHASE // item
+        head = (self.PHASE * (first + 1)) % 4096 // item
         pad = ((self.PHASE - self.size * item) % 4096) // item
         stride = self.size + pad
-        flat = np.zeros(head + rows * stride, self.dtype)
+        flat = np.zeros(head + rows * stride, dtype)
         return flat[head:].reshape(rows, stride)[:, : self.size]
 
     def grow(self, names: list[str]) -> bool:
-        """Make room for states not yet laid out; True if the buffer moved."""
+        """Make room for states not yet laid out; True if the buffers moved."""
         new = [n for n in names if n not in self.names]
         if not new:
             return False
-        buffer = self._allocate(len(self.names) + len(new))
-        with arrays.on_device(self.like):
-            buffer[: len(self.names)] = self.buffer
-        self.buffer, self.names = buffer, self.names + new
+        every = self.names + new
+        by_dtype: dict[np.dtype, list[str]] = {}
+        for n in every:
+            by_dtype.setdefault(self.dtype_of(n), []).append(n)
+        buffers, rows, first = {}, {}, 0
+        for key, members in by_dtype.items():
+            buffer = self._allocate(len(members), key, first)
+            first += len(members)
+            for k, n in enumerate(members):
+                rows[n] = (key, k)
+                if n in self.rows:
+                    with arrays.on_device(self.like):
+                        buffer[k] = self.row(n)
+            buffers[key] = buffer
+        self.buffers, self.rows, self.names = buffers, rows, every
         return True
+
+    @property
+    def buffer(self) -> Any:
+        """The buffer of the rows stored in the params' dtype (every row, by default)."""
+        return self.buffers[self.dtype]
+
+    def row(self, name: str) -> Any:
+        """State ``name`` of every param of the layout, end to end."""
+        key, k = self.rows[name]
+        return self.buffers[key][k]
 
     def flat(self, name: str, p: Any) -> np.ndarray:
         off, n, _ = self.offsets[id(p)]
-        return self.buffer[self.names.index(name), off: off + n]
+        return self.row(name)[off: off + n]
 
     def view(self, name: str, p: Any) -> np.ndarray:
         return self.flat(name, p).reshape(self.offsets[id(p)][2])
@@ -265,15 +315,23 @@ class Optimizer:
     ``last_step_skipped`` and counts ``skipped_steps``) and ``max_grad_norm`` (clip the
     gradients of all groups together to this 2-norm inside :meth:`step`, as
     ``optdsl.clip_grad_norm_`` over every param would; a group's ``"max_grad_norm"`` key
-    clips that group by its own norm, before the global clip).
+    clips that group by its own norm, before the global clip). ``lazy``: step
+    :class:`optdsl.RowSparse` gradients on their rows only (a group's ``"lazy"`` key
+    overrides it); by default they step as the equivalent dense gradients would (see
+    :mod:`optdsl.sparse`).
     """
 
     _spec: CompiledSpec
+    # True for optimizers that step only RowSparse gradients, lazily, and refuse dense ones
+    # (optdsl.optim.SparseAdam, as torch.optim.SparseAdam).
+    sparse_only: bool = False
 
     def __init__(self, params: Iterable[Any], *, backend: str | None = None,
                  skip_nonfinite: bool = False, max_grad_norm: float | None = None,
-                 **hypers: Any):
+                 master_weights: bool = False, state_dtypes: dict[str, Any] | None = None,
+                 diagnostics: bool = False, lazy: bool | None = None, **hypers: Any):
         name = type(self).__name__
+        self.lazy = S.resolve_lazy(type(self), lazy)
         self.defaults: dict[str, Any] = H.resolve(self._spec.hypers, hypers, name)
         self._check_requires(self.defaults)
         if backend is not None:
@@ -302,6 +360,25 @@ class Optimizer:
         self.last_grad_norm: np.floating | None = None
         self.last_group_grad_norms: dict[int, np.floating] = {}
         self._state_names = tuple(s.name for s in self._spec.spec.states)
+        # Mixed precision: fp32 master copies of float16/bfloat16 params (state "master"),
+        # and the storage dtype of each state (see _storage_dtypes).
+        if not isinstance(master_weights, (bool, np.bool_)):
+            raise TypeError(f"{name}: master_weights must be True or False, got "
+                            f"{master_weights!r}")
+        self._master_weights = bool(master_weights)
+        self._state_dtypes = _check_state_dtypes(name, state_dtypes, self._state_names)
+        if not isinstance(diagnostics, (bool, np.bool_)):
+            raise TypeError(f"{name}: diagnostics must be True or False, got {diagnostics!r}")
+        self.diagnostics_enabled = bool(diagnostics)
+        self._last_diagnostics: Any = None
+        # Extra kernel outputs (see optdsl.extras) asked for by tools attached to this
+        # optimizer (optdsl.autotune.HypergradientLR asks for "dlr:lr"), by who asks.
+        self._extra_requests: dict[Any, tuple[str, ...]] = {}
+        # Their buffers, by (group index, params' dtype): one row per extra output, laid
+        # out as the state's layout is, in the dtype the kernels compute in.
+        self._extra_layouts: dict[tuple[int, str], _Layout] = {}
+        self._step_pre_hooks: dict[int, Callable] = {}
+        self._step_post_hooks: dict[int, Callable] = {}
         if _is_param(params) or arrays.is_array(params):
             raise ParamGroupTypeError(f"{name}: params must be an iterable of parameters or "
                                       f"of dicts, got a single {type(params).__name__}")
@@ -316,6 +393,45 @@ class Optimizer:
             groups = [{"params": groups}]
         for group in groups:
             self.add_param_group(group)
+
+    @property
+    def master_weights(self) -> bool:
+        """Whether float16/bfloat16 params step through fp32 master copies (state
+        ``"master"``); fixed at construction."""
+        return self._master_weights
+
+    @property
+    def state_dtypes(self) -> dict[str, np.dtype]:
+        """The storage dtype asked for each state (a copy); fixed at construction."""
+        return dict(self._state_dtypes)
+
+    def _storage_dtypes(self, dtype: np.dtype) -> dict[str, np.dtype]:
+        """For params of ``dtype``: the states stored in another dtype than the params'.
+        With master weights a narrow param's states are float32, as its master is."""
+        out: dict[str, np.dtype] = {}
+        if self._master_weights and _narrow(dtype):
+            out = {n: np.dtype(np.float32) for n in (*self._state_names, "master")}
+        out.update(self._state_dtypes)
+        return {k: v for k, v in out.items() if v != dtype}
+
+    def _compute_for(self, dtype: np.dtype) -> np.dtype:
+        """The dtype kernels compute in for params of ``dtype``: float32 for float16 and
+        bfloat16, else the params' own; wider if a state is stored wider."""
+        return max([_compute_dtype(dtype), *self._storage_dtypes(dtype).values()],
+                   key=lambda d: d.itemsize)
+
+    def _has_master(self, dtype: np.dtype) -> bool:
+        return self._master_weights and _narrow(dtype)
+
+    def sync_master_weights(self) -> None:
+        """Copy every param's values into its fp32 master copy. The step reads and
+        writes the master, and rounds it into the param; call this after changing a
+        param's values by hand (as the master would otherwise overwrite them)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st is not None and "master" in st:
+                    arrays.copy_into(st["master"], p.data)
 
     # --- class-level introspection ------------------------------------------------------
     @classmethod
@@ -376,6 +492,7 @@ class Optimizer:
                                      f"mean {close[0]!r}?")
         known = {k: v for k, v in overrides.items() if k in self._spec.hypers}
         index = len(self.param_groups)
+        S.group_lazy(self, index, param_group)
         with _in_group(index, index > 0):
             values = H.resolve(self._spec.hypers, known, name, defaults=self.defaults)
             self._check_requires(values)
@@ -412,7 +529,9 @@ class Optimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop every gradient (``set_to_none``, torch's default) or zero it in place.
         Gradients of params re-homed by :func:`optdsl.flatten` are always zeroed in place,
-        so they stay views of their flat buffer (a whole buffer is zeroed in one fill)."""
+        so they stay views of their flat buffer (a whole buffer is zeroed in one fill).
+        A :class:`optdsl.RowSparse` gradient is always set to None: it has no buffer of
+        the parameter's shape to zero (as torch drops a sparse gradient)."""
         from .flat import GRAD_BUFFERS
 
         flat: dict[int, list] = {}
@@ -427,7 +546,7 @@ class Optimizer:
                     entry = flat[id(owner)]
                     entry[1] += grad.size
                     entry[2].append(grad)
-                elif set_to_none:
+                elif set_to_none or isinstance(grad, S.RowSparse):  # no buffer to zero
                     p.grad = None
                 else:
                     with arrays.on_device(grad):
@@ -450,7 +569,27 @@ class Optimizer:
         ``skipped_steps``. Off, nothing is checked and a nan propagates, as in torch.
 
         Bad input (a gradient of the wrong shape, dtype or type, a bad hyper, a parameter
-        in two groups) raises before any group has stepped."""
+        in two groups) raises before any group has stepped.
+
+        Hooks registered with :meth:`register_step_pre_hook` run first, and those of
+        :meth:`register_step_post_hook` last, as in torch."""
+        for hook in list(self._step_pre_hooks.values()):
+            hook(self, (closure,), {"skip_nonfinite": skip_nonfinite})
+        loss = self._step(closure, skip_nonfinite)
+        for hook in list(self._step_post_hooks.values()):
+            hook(self, (closure,), {"skip_nonfinite": skip_nonfinite})
+        return loss
+
+    def register_step_pre_hook(self, hook: Callable) -> _HookHandle:
+        """Call ``hook(optimizer, args, kwargs)`` before every step (torch's signature;
+        its return value is ignored). Returns a handle whose ``remove()`` unregisters."""
+        return _HookHandle(self._step_pre_hooks, hook)
+
+    def register_step_post_hook(self, hook: Callable) -> _HookHandle:
+        """Call ``hook(optimizer, args, kwargs)`` after every step, skipped or not."""
+        return _HookHandle(self._step_post_hooks, hook)
+
+    def _step(self, closure: Callable[[], Any] | None, skip_nonfinite: bool | None) -> Any:
         loss = closure() if closure is not None else None
         # Check every group's hypers and gradients before touching anything, so a bad value
         # in one group raises without having stepped the groups before it. Gradients are
@@ -493,13 +632,19 @@ class Optimizer:
             # Clip before the update, as torch users call clip_grad_norm_ before step().
             # A finite norm means finite gradients; only a non-finite one needs the check.
             if not self._clip(todo, clipped, skip_nonfinite):
+                self._diagnose(todo)
                 return loss
         elif skip_nonfinite and not all(map(_finite_grads, todo)):
             self.last_step_skipped = True
             self.skipped_steps += 1
+            self._diagnose(todo)
             return loss
         self.last_step_skipped = False
         for index, group, live, signature, plan, values, backend in todo:
+            if live is not None and S.has_row_sparse(live):  # param by param, no plan
+                self._plans.pop(index, None)
+                S.step_group(self, index, live, values, backend)
+                continue
             if plan is None or not self._run_plan(plan, values):
                 self._plans.pop(index, None)
                 live = live or [p for p in group["params"] if p.grad is not None]
@@ -512,7 +657,66 @@ class Optimizer:
         for index, *_ in todo:
             if index in self._plans:
                 self._plans[index].version = self._version.n
+        self._diagnose(todo)
         return loss
+
+    # --- extra kernel outputs: diagnostics and hypergradients -----------------------------
+    def _extras(self) -> tuple[str, ...]:
+        """The extra outputs the kernels write this step (none: the plain kernels)."""
+        wanted = set(DIAGNOSTIC_EXTRAS) if self.diagnostics_enabled else set()
+        for requests in self._extra_requests.values():
+            wanted.update(requests)
+        return tuple(sorted(wanted))
+
+    def request_extras(self, owner: Any, requests: tuple[str, ...] | None) -> None:
+        """Ask the kernels to write extra outputs (see :mod:`optdsl.extras`) on behalf of
+        ``owner`` (None: withdraw its requests). The next step compiles the kernels
+        that write them; :meth:`extra_output` reads them after it."""
+        if requests:
+            from .extras import normalize
+
+            self._extra_requests[owner] = normalize(requests)
+        else:
+            self._extra_requests.pop(owner, None)
+
+    def extra_output(self, p: Any, name: str, group: int | None = None) -> Any:
+        """Extra output ``name`` (``"dlr:lr"``, ``"diag:update"``, ``"track:NAME"``) of
+        ``p``'s last step that wrote it, shaped as ``p``; None where there is none.
+        ``group``: the index of ``p``'s param group, if known (saves looking it up)."""
+        indices = range(len(self.param_groups)) if group is None else (group,)
+        for index in indices:
+            layout = self._extra_layouts.get((index, np.dtype(p.data.dtype).str))
+            # The layout holds its params, so no other object can have their ids.
+            if layout is not None and id(p) in layout.offsets:
+                return layout.view(name, p) if name in layout.names else None
+        return None
+
+    def _extra_layout(self, index: int, layout: _Layout, kernel) -> _Layout | None:
+        """The buffers of ``kernel``'s extra outputs for the params of ``layout``."""
+        names = [b for b in kernel.buffers if ":" in b]
+        if not names:
+            return None
+        key = (index, layout.dtype.str)
+        extra = self._extra_layouts.get(key)
+        if extra is None or extra.offsets != layout.offsets or extra.device != layout.device:
+            extra = _Layout(layout.params, self._compute_for(layout.dtype), names)
+            self._extra_layouts[key] = extra
+        else:
+            extra.grow(names)
+        return extra
+
+    def diagnostics(self) -> Any:
+        """What the last step did, per param and per group (see :mod:`optdsl.diagnostics`);
+        needs ``diagnostics=True`` (or ``opt.diagnostics_enabled = True``) and a step."""
+        from .diagnostics import require
+
+        return require(self)
+
+    def _diagnose(self, todo: list) -> None:
+        if self.diagnostics_enabled:
+            from .diagnostics import collect
+
+            self._last_diagnostics = collect(self, todo)
 
     def _clip(self, todo: list, clipped: list, skip_nonfinite: bool) -> bool:
         """Clip the gradients ``step()`` is about to use: each group of ``clipped`` by its
@@ -566,6 +770,9 @@ class Optimizer:
 
     def _check_grad(self, index: int, p: Any) -> None:
         data, grad = p.data, p.grad
+        if self.sparse_only or isinstance(grad, S.RowSparse):
+            S.check_grad(self, index, p)  # and coalesces it, for clipping and the step
+            return
         if not arrays.is_array(grad):
             module = type(grad).__module__
             kind = type(grad).__qualname__
@@ -659,6 +866,8 @@ class Optimizer:
         dtype = np.dtype(p.data.dtype)
         key = (index, dtype.str)
         old = self._layouts.get(key)
+        if self._has_master(dtype):
+            names = [*names, "master"]
         if old is not None and id(p) in old.offsets and all(n in old.names for n in names) \
                 and old.device == arrays.device(p.data):
             return old
@@ -670,7 +879,8 @@ class Optimizer:
         members = [q for q in self.param_groups[index]["params"]
                    if np.dtype(q.data.dtype) == dtype]
         layout = _Layout(members, dtype, list(dict.fromkeys([*(old.names if old else ()),
-                                                             *names])))
+                                                             *names])),
+                         self._storage_dtypes(dtype))
         for q in old.params if old is not None else ():
             st = self.state.get(q)
             if not st or id(q) not in layout.offsets:
@@ -684,19 +894,25 @@ class Optimizer:
         return layout
 
     def _init_state(self, values: dict, p: Any, layout: _Layout, name: str) -> None:
-        init = self._spec.host["init_" + name](values, arrays.for_host_code(p.data))
+        if name == "master":  # the fp32 master copy starts as the param's values
+            init = p.data
+        else:
+            init = self._spec.host["init_" + name](values, arrays.for_host_code(p.data))
         view = layout.view(name, p)
         arrays.copy_into(view, init)
         self.state[p][name] = view
 
     def _kernel(self, values: dict, t: int, dtype: np.dtype, backend: Backend,
                 cache: dict) -> tuple[Any, tuple, tuple[int, ...]]:
-        """The kernel for step ``t`` of params of ``dtype``, with its scalar arguments."""
+        """The kernel for step ``t`` of params of ``dtype``, with its scalar arguments in
+        the dtype it computes in (float32 for float16 and bfloat16 params)."""
         key = (t, dtype.str)
         if key not in cache:
             path = self._spec.host["decide"](values, t)
-            kernel = self._spec.kernel(backend, path)
-            scalar = backend.math_dtype(dtype).type  # float16 params: float32 on a GPU
+            extras = self._extras()
+            kernel = self._spec.kernel(backend, path, extras) if extras \
+                else self._spec.kernel(backend, path)
+            scalar = backend.math_dtype(self._compute_for(dtype)).type
             args = tuple(scalar(a) if isinstance(a, np.floating) else a
                          for a in kernel.host_args(values, t))
             cache[key] = (kernel, args, path)
@@ -717,17 +933,16 @@ class Optimizer:
         data, grad = p.data, p.grad
         st = self.state[p]  # {} before the first step, filled in place as torch does
         t = st.get("step", 0) + 1
-        kernel, args, _ = self._kernel(values, t, np.dtype(data.dtype), backend, cache)
+        dtype = np.dtype(data.dtype)
+        kernel, args, _ = self._kernel(values, t, dtype, backend, cache)
         layout = self._prepare_state(index, p, values, enabled, kernel)
         contiguous = data.flags.c_contiguous
         flat_p = data.reshape(-1) if contiguous else arrays.ascontiguous(data).reshape(-1)
         flat_g = arrays.ascontiguous(grad).reshape(-1)
-        buffers = {"p": flat_p, "g": flat_g}
-        for b in kernel.buffers:
-            if b not in buffers:
-                buffers[b] = layout.flat(b, p)
-        self._launch(kernel, backend, flat_p.size, [buffers[b] for b in kernel.buffers],
-                     args, data.dtype)
+        off, n, _ = layout.offsets[id(p)]
+        extra = self._extra_layout(index, layout, kernel)
+        buffers, mirror = _kernel_buffers(kernel, layout, off, off + n, flat_p, flat_g, extra)
+        self._launch(kernel, backend, n, buffers, args, dtype, mirror)
         if not contiguous:
             data[...] = flat_p.reshape(data.shape)
         st["step"] = t
@@ -735,10 +950,12 @@ class Optimizer:
     def _prepare_state(self, index, p, values, enabled, kernel) -> _Layout:
         """Make ``p``'s state hold what ``kernel`` reads, as views of the group's layout."""
         st = self.state[p]
-        needed = [b for b in kernel.buffers if b not in ("p", "g")]
+        needed = [b for b in kernel.buffers if b not in ("p", "g") and ":" not in b]
         wanted = [s.name for s in self._spec.spec.states if enabled[s.name] or s.name in needed]
         layout = self._layout(index, p, wanted)
         st.setdefault("step", 0)
+        if "master" in layout.names:
+            wanted.append("master")
         for s in wanted:
             if s not in st:
                 self._init_state(values, p, layout, s)
@@ -748,12 +965,33 @@ class Optimizer:
                 st[s] = layout.view(s, p)
         return layout
 
-    def _launch(self, kernel, backend, n: int, buffers: list, args: tuple, dtype) -> None:
-        if getattr(backend, "parallel", False):  # it spreads the work over threads itself
-            kernel.run(n, *buffers, args, None, 0, 0, n)
+    def _launch(self, kernel, backend, n: int, buffers: list, args: tuple, dtype,
+                mirror: Any = None) -> None:
+        """Run ``kernel`` over ``n`` elements of ``buffers`` (params of ``dtype``). Buffers
+        stored otherwise than the dtype the kernel computes in are staged: widened into
+        compute-dtype scratch chunk by chunk, and the outputs rounded back once. With
+        ``mirror`` (a narrow param under its fp32 master, which is buffer "p"), the
+        master's new values are also rounded into it."""
+        compute = self._compute_for(np.dtype(dtype))
+        parallel = getattr(backend, "parallel", False)
+        if backend.device_kind != "cpu":
+            if mirror is None and all(b.dtype == dtype for b in buffers):
+                kernel.run(n, *buffers, args, None, 0, 0, n)  # narrow T: widened inside
+            else:
+                _run_staged_whole(kernel, n, buffers, args, compute, mirror)
             return
-        pool.run(kernel.run, n, buffers, args,
-                 lambda worker: self._scratch_for(kernel, dtype, worker, n), _chunk())
+        if mirror is None and all(b.dtype == compute for b in buffers):
+            if parallel:  # it spreads the work over threads itself
+                kernel.run(n, *buffers, args, None, 0, 0, n)
+                return
+            pool.run(kernel.run, n, buffers, args,
+                     lambda worker: self._scratch_for(kernel, compute, worker, n), _chunk())
+            return
+        run = _staged(kernel, compute, parallel, mirror is not None)
+        every = [*buffers, mirror] if mirror is not None else buffers
+        pool.run(run, n, every, args,
+                 lambda worker: self._scratch_for(kernel, compute, worker, n, len(buffers)),
+                 _chunk(), threads=1 if parallel else None)
 
     def _make_plan(self, index, live, signature, values, backend) -> _Plan | None:
         """After a step by :meth:`_step_group`: the kernel calls that repeat it. Params
@@ -803,25 +1041,33 @@ class Optimizer:
         for part in plan.parts:
             t, dtype, layout, runs, states, covered, _ = part
             kernel, args, _ = self._kernel(values, t + 1, dtype, plan.backend, cache)
-            names = [b for b in kernel.buffers if b not in ("p", "g")]
+            names = [b for b in kernel.buffers if b not in ("p", "g") and ":" not in b]
             wanted = [s.name for s in self._spec.spec.states if enabled[s.name]]
             if any(n not in layout.names or n not in covered for n in (*names, *wanted)):
                 return False
             calls.append((part, kernel, args, dtype, layout, runs, states, t + 1))
+        index = next(i for i, p in self._plans.items() if p is plan) \
+            if any(":" in b for c in calls for b in c[1].buffers) else None
         for part, kernel, args, dtype, layout, runs, states, t in calls:
-            if kernel.many is not None and len(runs) > 1:
+            extra = None if index is None else self._extra_layout(index, layout, kernel)
+            # Buffers of mixed dtypes are staged run by run (see _launch).
+            staged = "master" in layout.names or bool(layout.dtypes)
+            if kernel.many is not None and len(runs) > 1 and not staged:
                 # Params that do not lie end to end: one multi-tensor launch for them all,
                 # through a table of their buffers' addresses made once per plan.
                 launchers = part[6]
                 entry = launchers.get(id(kernel))
-                if entry is None or entry[0] is not kernel:
-                    tensors = [_run_buffers(kernel, layout, run) for run in runs]
-                    entry = launchers[id(kernel)] = (kernel, kernel.many(tensors))
-                entry[1](args)
+                if entry is None or entry[0] is not kernel or entry[1] is not extra:
+                    tensors = [_kernel_buffers(kernel, layout, *run, extra)[0]
+                               for run in runs]
+                    entry = launchers[id(kernel)] = (kernel, extra, kernel.many(tensors))
+                entry[2](args)
             else:
-                for run in runs:
-                    self._launch(kernel, plan.backend, run[1] - run[0],
-                                 _run_buffers(kernel, layout, run), args, dtype)
+                for start, stop, flat_p, flat_g in runs:
+                    buffers, mirror = _kernel_buffers(kernel, layout, start, stop, flat_p,
+                                                      flat_g, extra)
+                    self._launch(kernel, plan.backend, stop - start, buffers, args, dtype,
+                                 mirror)
             # The step's own write (not through _ParamState, so the plan stays valid), in
             # one C-level loop: with a thousand params this is a good part of the overhead.
             _consume(map(dict.__setitem__, states, itertools.repeat("step"),
@@ -829,15 +1075,20 @@ class Optimizer:
             part[0] = t
         return True
 
-    def _scratch_for(self, kernel, dtype, worker: int, n: int) -> tuple[np.ndarray, ...]:
-        """Chunk-sized scratch for one worker; no larger than the largest param seen."""
-        key = (id(kernel), np.dtype(dtype).str, worker)
+    def _scratch_for(self, kernel, dtype, worker: int, n: int,
+                     staged: int = 0) -> tuple[np.ndarray, ...]:
+        """Chunk-sized scratch for one worker; no larger than the largest param seen.
+        ``staged``: the number of buffers a staged run widens (see :func:`_staged`),
+        which then get a chunk of ``dtype`` each after the kernel's own scratch."""
+        key = (id(kernel), np.dtype(dtype).str, worker, staged)
         size = min(_chunk(), max(n, 1))
         have = self._scratch.get(key)
         if have is None or have[0].shape[1] < size:
             n_float, n_bool = kernel.scratch
-            self._scratch[key] = (np.empty((n_float, size), dtype),
-                                  np.empty((n_bool, size), bool))
+            scratch = (np.empty((n_float, size), dtype), np.empty((n_bool, size), bool))
+            if staged:
+                scratch = (*scratch, np.empty((staged, size), dtype))
+            self._scratch[key] = scratch
         return self._scratch[key]
 
     # --- state_dict -----------------------------------------------------------------------
@@ -892,7 +1143,8 @@ class Optimizer:
                 raise StateDictError(f"{name}.load_state_dict: state for param id {sid}, "
                                      "which no param group lists")
             p = by_saved_id[sid]
-            converted[p] = _convert_entry(name, sid, entry, p, states)
+            allowed = states | {"master"} if self._has_master(p.data.dtype) else states
+            converted[p] = _convert_entry(name, sid, entry, p, allowed)
         # Validation is complete: build the new layouts, then swap everything in.
         layouts: dict[tuple[int, str], _Layout] = {}
         version = _Version()
@@ -906,10 +1158,13 @@ class Optimizer:
                 key = (gi, np.dtype(p.data.dtype).str)
                 names = [s.name for s in self._spec.spec.states
                          if enabled[s.name] or s.name in entry]
+                if self._has_master(p.data.dtype):
+                    names.append("master")  # taken from the param at its next step if absent
                 if key not in layouts:
                     members = [q for q in group["params"]
                                if np.dtype(q.data.dtype) == np.dtype(p.data.dtype)]
-                    layouts[key] = _Layout(members, p.data.dtype, names)
+                    layouts[key] = _Layout(members, p.data.dtype, names,
+                                           self._storage_dtypes(np.dtype(p.data.dtype)))
                 layout = layouts[key]
                 layout.grow(names)
                 new_state[p] = {"step": entry["step"]}
@@ -970,12 +1225,140 @@ def _follows(run: list[Any], p: Any, layout: _Layout) -> bool:
     return True
 
 
-def _run_buffers(kernel, layout: _Layout, run: tuple) -> list:
-    """The kernel's buffers, in its order, over one run of a plan."""
-    start, stop, flat_p, flat_g = run
-    rows = layout.buffer
-    return [flat_p if b == "p" else flat_g if b == "g" else
-            rows[layout.names.index(b), start:stop] for b in kernel.buffers]
+def _kernel_buffers(kernel, layout: _Layout, start: int, stop: int, flat_p: Any,
+                    flat_g: Any, extra: _Layout | None = None) -> tuple[list, Any]:
+    """The kernel's buffers, in its order, over elements [start, stop) of ``layout``
+    whose params and grads are ``flat_p`` and ``flat_g`` (and of ``extra``, holding the
+    extra outputs); and the array the kernel's p must also be rounded into (the param,
+    when its fp32 master stands in for it)."""
+    master = "master" in layout.names
+    buffers = []
+    for b in kernel.buffers:
+        if b == "p":
+            buffers.append(layout.row("master")[start:stop] if master else flat_p)
+        elif b == "g":
+            buffers.append(flat_g)
+        elif ":" in b:
+            buffers.append(extra.row(b)[start:stop])
+        else:
+            buffers.append(layout.row(b)[start:stop])
+    mirror = flat_p if master and "p" in kernel.outputs else None
+    return buffers, mirror
+
+
+def _narrow(dtype: Any) -> bool:
+    """float16 and bfloat16: stored narrow, computed in float32."""
+    return np.dtype(dtype).itemsize < 4
+
+
+def _compute_dtype(dtype: Any) -> np.dtype:
+    """The dtype kernels compute in for params of ``dtype``."""
+    return np.dtype(np.float32) if _narrow(dtype) else np.dtype(dtype)
+
+
+def _staged(kernel, compute: np.dtype, parallel: bool, mirrored: bool) -> Callable:
+    """A chunked run of ``kernel`` over buffers of mixed dtypes: each chunk of a buffer
+    not stored in ``compute`` is widened into scratch, the kernel runs on the chunk,
+    and its outputs are rounded back (to nearest) once. ``mirrored``: the last buffer
+    is a narrow param that also receives p's new values (from its fp32 master)."""
+    outputs = [k for k, b in enumerate(kernel.buffers) if b in kernel.outputs]
+    p_index = kernel.buffers.index("p") if "p" in kernel.buffers else None
+    # The update a narrow param without a master stores is its rounded change, not the
+    # kernel's: restated below from the param's loaded and stored values.
+    u_index = kernel.buffers.index("diag:update") \
+        if "diag:update" in kernel.buffers and "p" in kernel.outputs and not mirrored else None
+
+    def run(n, *rest) -> None:
+        *buffers, args, scratch, chunk, start, stop = rest
+        target = buffers.pop() if mirrored else None
+        wide = scratch[2]
+        inner = None if parallel else scratch[:2]
+        restate = u_index is not None and buffers[p_index].dtype != compute
+        for lo in range(start, stop, chunk):
+            hi = min(lo + chunk, stop)
+            m = hi - lo
+            views = []
+            for k, b in enumerate(buffers):
+                part = b[lo:hi]
+                if part.dtype != compute:
+                    w = wide[k, :m]
+                    np.copyto(w, part, casting="unsafe")
+                    part = w
+                views.append(part)
+            if restate:  # the update's buffer is not staged: its scratch row is free
+                np.copyto(wide[u_index, :m], views[p_index])
+            if parallel:
+                kernel.run(m, *views, args, None, 0, 0, m)
+            else:
+                kernel.run(m, *views, args, inner, chunk, 0, m)
+            for k in outputs:
+                if buffers[k].dtype != compute:
+                    np.copyto(buffers[k][lo:hi], views[k], casting="unsafe")
+            if restate:
+                np.copyto(views[u_index], buffers[p_index][lo:hi], casting="unsafe")
+                np.subtract(views[u_index], wide[u_index, :m], out=views[u_index])
+            if target is not None:
+                np.copyto(target[lo:hi], views[p_index], casting="unsafe")
+
+    return run
+
+
+def _run_staged_whole(kernel, n: int, buffers: list, args: tuple, compute: np.dtype,
+                      mirror: Any) -> None:
+    """:func:`_staged` for a GPU: whole buffers are widened (a copy each), the kernel
+    runs once in ``compute``, and its outputs are rounded back."""
+    views = [b if b.dtype == compute else b.astype(compute) for b in buffers]
+    names = kernel.buffers
+    restate = mirror is None and "diag:update" in names and "p" in kernel.outputs \
+        and views[names.index("p")] is not buffers[names.index("p")]
+    loaded = views[names.index("p")].copy() if restate else None
+    kernel.run(n, *views, args, None, 0, 0, n)
+    for k, b in enumerate(names):
+        if b in kernel.outputs and views[k] is not buffers[k]:
+            arrays.copy_into(buffers[k], views[k])
+    if restate:  # the change of the stored (rounded) param, as _staged restates it
+        update = views[names.index("diag:update")]
+        update[...] = buffers[names.index("p")].astype(compute) - loaded
+    if mirror is not None:
+        arrays.copy_into(mirror, views[kernel.buffers.index("p")])
+
+
+def _check_state_dtypes(name: str, state_dtypes: Any, states: tuple[str, ...]) -> dict:
+    """``state_dtypes`` as {state: dtype}, each a state of the spec and a float dtype."""
+    if state_dtypes is None:
+        return {}
+    if not isinstance(state_dtypes, dict):
+        raise TypeError(f"{name}: state_dtypes must be a dict of state name to dtype, e.g. "
+                        f"{{'exp_avg': 'bfloat16'}}, got {type(state_dtypes).__name__}")
+    out = {}
+    for key, value in state_dtypes.items():
+        if key not in states:
+            close = difflib.get_close_matches(str(key), list(states), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else \
+                f" (its states: {', '.join(states) or 'none'})"
+            raise HyperError(f"{name}: state_dtypes names {key!r}, which is not a state of "
+                             f"{name}{hint}")
+        out[key] = _float_dtype(name, key, value)
+    return out
+
+
+def _float_dtype(name: str, key: str, value: Any) -> np.dtype:
+    if isinstance(value, str) and value == "bfloat16" or getattr(value, "__name__", "") \
+            == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise HyperError(f"{name}: state_dtypes[{key!r}] = 'bfloat16' needs ml_dtypes "
+                             "(pip install 'optdsl[bf16]')") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not arrays.is_float(dtype) or dtype.itemsize > 8:
+        raise HyperError(f"{name}: state_dtypes[{key!r}] must be one of 'float16', "
+                         f"'bfloat16', 'float32', 'float64', got {value!r}")
+    return dtype
 
 
 def _owner(array: np.ndarray) -> np.ndarray:
@@ -1015,7 +1398,7 @@ def _step_grads(todo: tuple) -> list:
     _, _, live, _, plan, _, _ = todo
     if plan is not None:
         return [run[3] for part in plan.parts for run in part[3]]
-    return [p.grad for p in live]
+    return [S.grad_array(p.grad) for p in live]  # a RowSparse's coalesced values
 
 
 def _finite_grads(todo: tuple) -> bool:

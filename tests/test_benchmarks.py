@@ -148,3 +148,17 @@ def test_gpu_check_script_is_valid_bash():
     assert proc.returncode == 0, proc.stderr
     text = script.read_text()
     assert "pytest -m gpu" in text and "benchmarks.gpu_bench" in text and '"$out"' in text
+
+
+def test_bench_diagnostics_runs_at_a_tiny_size():
+    """benchmarks/bench_diagnostics.py end to end at 64K params (numbers not meaningful):
+    every configuration's row, the reference at 1.00x."""
+    proc = subprocess.run([sys.executable, "benchmarks/bench_diagnostics.py", "--n", "64K",
+                           "--tensors", "3", "--rounds", "2", "--steps", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    names = [row.split(" | ")[0][2:] for row in rows[2:]]
+    assert names == ["float32, diagnostics off", "float32, extras only",
+                     "float32, diagnostics on", "float16, master_weights", "float16, plain"]
+    assert rows[2].endswith("| 1.00x |") and "64K params in 3 flattened tensors" in proc.stdout

@@ -40,7 +40,7 @@ import optdsl  # noqa: E402
 from optdsl import hypers as H  # noqa: E402
 from optdsl.backend import cupy_backend  # noqa: E402
 from optdsl.backend import get as get_backend  # noqa: E402
-from optdsl.optim import SGD, STDLIB, Adam, load  # noqa: E402
+from optdsl.optim import SGD, SPARSE_ONLY, STDLIB, Adam, load  # noqa: E402
 from tests import cuda_cpu  # noqa: E402
 from tests.backend.stdlib_cases import CASES, case_id  # noqa: E402
 
@@ -349,7 +349,9 @@ def test_the_bit_exact_cases_reach_every_branch_of_every_optimizer():
         loop = CLoop(cls, hypers, np.zeros(1))
         reached.setdefault(cls.__name__, set()).update(loop.kernel(t)[0]
                                                        for t in range(1, STEPS + 1))
-    assert set(reached) == set(STDLIB)
+    # SparseAdam steps only RowSparse gradients: NVRTC compiles its kernels above, and
+    # tests/sparse runs them on the stand-in GPU.
+    assert set(reached) == set(STDLIB) - SPARSE_ONLY
     for name, paths in reached.items():
         assert len(paths) >= 2, (name, paths)
         assert default_path(load(name)) in paths
@@ -512,3 +514,85 @@ def test_a_new_lr_keeps_the_source_of_a_later_step():
     assert SGD.source("cupy", t=2, momentum=0.9, lr=0.0123456789) == \
         SGD.source("cupy", t=2, momentum=0.9)
     assert SGD.source("cupy", t=2, momentum=0.9) != SGD.source("cupy", t=1, momentum=0.9)
+
+
+# --- kernels with extra outputs (optdsl.extras) ----------------------------------------
+
+EXTRAS = ("track", "update", "dlr:lr")
+# Adam and AdamW track effective_lr; SGD has no track but an update and a slope; the
+# variants take every optional state and branch.
+EXTRA_CASES = [CASES[1], CASES[3], CASES[4], CASES[7], CASES[10], CASES[15]]
+
+
+def _extras_module(cls, path):
+    source = cls._spec.kernel(CUPY, path, EXTRAS).source
+    return cupy_backend.load_module(source, f"{cls.__name__}_extras_{_path_id(path)}")
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("Adam", "float32"), ("Adam", "float16"),
+                                             ("AdamW", "float64"), ("SGD", "float32")])
+def test_kernels_with_extra_outputs_compile_with_nvrtc(nvrtc, name, dtype):
+    """Both kernels, with the extra outputs among the written buffers (stored in T: half
+    precision for float16 params), on the path with the most instructions."""
+    cls = load(name)
+    spec = cls._spec
+    longest = max(spec.paths(), key=lambda p: len(spec.program(p).body))
+    module = _extras_module(cls, longest)
+    assert {"diag:update", "dlr:lr"} <= set(module.OUT_BUFFERS)
+    assert ("track:effective_lr" in module.OUT_BUFFERS) == (name != "SGD")
+    assert "T bd_update" in module.OUT_PARAMS and "bh_lr = (T)(" in module.OPERATION
+    for code, entry in ((cupy_backend.kernel_code(module, storage_dtype(dtype)), module.NAME),
+                        (cupy_backend.multi_code(module, storage_dtype(dtype)),
+                         module.MULTI_NAME)):
+        assert entry.encode() in nvrtc(code, module.OPTIONS, "sm_90")
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", EXACT_DTYPES)
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=case_id)
+def test_c_loop_extras_match_numpy_backend_bit_for_bit(case, dtype):
+    """One step at t = 3 with every extra: the CUDA body run by g++ (the elementwise loop,
+    and the multi-tensor kernel over two tensors) writes the NumPy backend's bits into
+    every buffer, extra outputs included."""
+    from tests.property.harness import run_kernel
+
+    cls, hypers = case
+    t = 3
+    values = H.resolve(cls._spec.hypers, hypers, cls.__name__)
+    path = cls._spec.host["decide"](values, t)
+    module = _extras_module(cls, path)
+    kernel = cls._spec.kernel(CUPY, path, EXTRAS)
+    args = runtime_args(kernel, module, values, t, np.dtype(dtype))
+    rng = np.random.default_rng(EXTRA_CASES.index(case))
+    sizes = (SIZE, 70)
+
+    def buffers(n: int) -> dict[str, np.ndarray]:
+        out = {}
+        for b in module.BUFFERS:
+            if ":" in b:
+                out[b] = np.full(n, np.nan, dtype)
+            elif b in ("p", "g"):
+                out[b] = rng.standard_normal(n).astype(dtype)
+            else:  # square averages above the square of centered RMSprop's grad_avg
+                big = any(word in b for word in ("sq", "square", "sum"))
+                out[b] = (rng.random(n) * 0.1 + (2.0 if big else 0.01)).astype(dtype)
+        return out
+
+    original = [buffers(n) for n in sizes]
+    want = [run_kernel(cls._spec.kernel(get_backend("numpy"), path, EXTRAS), values, t, bufs,
+                       chunk=64) for bufs in original]
+    run = elementwise_loop(module, dtype)
+    got = [{b: a.copy() for b, a in bufs.items()} for bufs in original]
+    for named in got:
+        run(*(named[b] for b in module.IN_BUFFERS), *args,
+            *(named[b] for b in module.OUT_BUFFERS))
+    multi = [[bufs[b].copy() for b in module.BUFFERS] for bufs in original]
+    n_blocks = sum(-(-n // cupy_backend.MULTI_CHUNK) for n in sizes)
+    launch = cuda_cpu.raw_kernel(cupy_backend.multi_code(module, dtype), module.MULTI_NAME)
+    launch((n_blocks,), (cupy_backend.MULTI_THREADS,),
+           (multi_table(list(sizes), multi), np.int64(len(sizes)), *args))
+    for k in range(len(sizes)):
+        for j, b in enumerate(module.BUFFERS):
+            assert_bits(got[k][b], want[k][b], f"{case_id(case)} tensor {k} {b}, elementwise")
+            assert_bits(multi[k][j], want[k][b], f"{case_id(case)} tensor {k} {b}, multi")
+        assert not np.isnan(got[k]["dlr:lr"]).any()

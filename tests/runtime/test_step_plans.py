@@ -152,9 +152,9 @@ def launches(monkeypatch):
     calls = _Calls()
     original = Optimizer._launch
 
-    def spy(self, kernel, backend, n, buffers, args, dtype):
+    def spy(self, kernel, backend, n, buffers, args, dtype, mirror=None):
         calls.append((self, n, np.dtype(dtype)))
-        return original(self, kernel, backend, n, buffers, args, dtype)
+        return original(self, kernel, backend, n, buffers, args, dtype, mirror)
 
     monkeypatch.setattr(Optimizer, "_launch", spy)
     return calls
