@@ -10,7 +10,8 @@ _PACKAGE = Path(__file__).resolve().parent
 
 @cache
 def data_dir(name: str) -> Path:
-    """The directory ``grammars``, ``stdlib`` or ``codegen``.
+    """The directory ``grammars``, ``stdlib``, ``codegen`` or ``examples`` (in the wheel,
+    only the files ``optdsl demo`` runs).
 
     A wheel carries them in ``optdsl/_data/`` (pyproject's force-include); a checkout has
     them beside the package.

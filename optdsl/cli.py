@@ -1,4 +1,5 @@
-"""The ``optdsl`` command line: compile, check, list, show, plot-schedule, demo."""
+"""The ``optdsl`` command line: compile, check, list, show, plot-schedule, plot-diagnostics,
+demo."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ import tempfile
 from pathlib import Path
 
 from .errors import OptdslError, ScheduleError, SpecError
+
+# The exit statuses, one meaning each (listed in `optdsl --help` and docs/cli.md).
+EXIT_OK = 0  # done; for `check`, every file is clean
+EXIT_FAILURE = 1  # a spec has errors, or the command could not do what was asked
+EXIT_USAGE = 2  # the command line is wrong: argparse's own status
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports a killed command
 
 # One line for each schedule written in Python (optdsl.schedules.PYTHON_SCHEDULES).
 PYTHON_SCHEDULE_SUMMARY = {
@@ -88,14 +95,14 @@ def cmd_check(args) -> int:
         try:
             load_spec(Path(name).read_text(), name)
         except SpecError as exc:
-            print(exc, file=sys.stderr)
+            print(_spec_error_text(exc, sys.stderr), file=sys.stderr)
             failed += 1
         except OSError as exc:
             print(f"{name}: {exc.strerror}", file=sys.stderr)
             failed += 1
         else:
-            print(f"{name}: ok")
-    return 1 if failed else 0
+            print(f"{name}: {_paint('ok', 'ok', sys.stdout)}")
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_list(args) -> int:
@@ -309,6 +316,20 @@ def _default_steps(hypers: dict, metrics: list[float] | None) -> int:
     return total if total > 0 else 100
 
 
+# --- plot-diagnostics ------------------------------------------------------------------
+
+def cmd_plot_diagnostics(args) -> int:
+    from . import plot
+    from .diagnostics import read_jsonl
+
+    records = read_jsonl(args.log)
+    if not records:
+        raise OptdslError(f"{args.log} holds no diagnostics records")
+    _write(lambda path: plot.plot_diagnostics(records, path, group=args.group,
+                                              source=args.log), args.output)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import main as demo_main
 
@@ -318,29 +339,71 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="optdsl", description="Compile and run optimizer "
-                                     "update rules written in .opt files.")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="optdsl", formatter_class=raw,
+        description="Compile and run optimizer update rules written in .opt files.",
+        epilog="examples:\n"
+        "  optdsl check my_rule.opt        # report the mistakes in a spec\n"
+        "  optdsl show Adam                # a stdlib spec, its IR and its kernel\n"
+        "  optdsl demo                     # train a small model\n\n"
+        "exit status:\n"
+        f"  {EXIT_OK:<4} success (check: every file is clean)\n"
+        f"  {EXIT_FAILURE:<4} a spec has errors, or the command could not do what was asked\n"
+        f"  {EXIT_USAGE:<4} the command line is wrong (an unknown option, a missing argument)\n"
+        f"  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)\n\n"
+        "Errors are coloured when stderr is a terminal; NO_COLOR=1 turns colour off and\n"
+        "FORCE_COLOR=1 turns it on anywhere. Each command's --help has examples;\n"
+        "docs/cli.md has them all.")
     parser.add_argument("--version", action="version", version=f"optdsl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compile", help="compile a .opt file (or stdlib name)")
-    p.add_argument("file")
-    p.add_argument("--backend", default="numpy")
+    p = sub.add_parser(
+        "compile", help="compile a .opt file (or stdlib name)", formatter_class=raw,
+        description="Print what a spec compiles to: the kernel for its default hypers at "
+        "step 1, its IR,\nor (for a schedule) its host code; or write a self-contained "
+        "module with -o.",
+        epilog="examples:\n"
+        "  optdsl compile Adam                       # the NumPy kernel of stdlib Adam\n"
+        "  optdsl compile my_rule.opt --emit ir      # the IR after the passes\n"
+        "  optdsl compile Adam -o adam_kernels.py    # an importable module: no parsing at import")
+    p.add_argument("file", help="a .opt path, or a stdlib optimizer or schedule name")
+    p.add_argument("--backend", default="numpy",
+                   help="the backend whose kernel to print or write (default numpy)")
     p.add_argument("-o", "--output", help="write a self-contained importable module")
     p.add_argument("--emit", choices=("source", "ir", "ir-unoptimized", "host"),
                    default="source", help="what to print (default: the kernel source)")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("check", help="check .opt files; non-zero exit on errors")
-    p.add_argument("files", nargs="+")
+    p = sub.add_parser(
+        "check", help="check .opt files; non-zero exit on errors", formatter_class=raw,
+        description="Parse and check each file; print 'FILE: ok', or each mistake with its "
+        "line and a caret.\nExits 1 if any file has a mistake.",
+        epilog="examples:\n"
+        "  optdsl check my_rule.opt\n"
+        "  optdsl check my_rule.opt broken.opt       # exits 1: broken.opt has a mistake")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a .opt file")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("list", help="list the stdlib optimizers and schedules")
+    p = sub.add_parser(
+        "list", help="list the stdlib optimizers and schedules", formatter_class=raw,
+        description="List the stdlib optimizers and schedules with their hypers and "
+        "defaults.",
+        epilog="example:\n"
+        "  optdsl list")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="print a spec, its IR and its kernel")
+    p = sub.add_parser(
+        "show", help="print a spec, its IR and its kernel", formatter_class=raw,
+        description="Print a spec, then its IR after the passes and its kernel (default "
+        "hypers, step 1);\nfor a schedule, its host code.",
+        epilog="examples:\n"
+        "  optdsl show Adam\n"
+        "  optdsl show my_rule.opt --backend numba\n"
+        "  optdsl show StepLR                        # a schedule: the spec and its host code")
     p.add_argument("name", help="a stdlib optimizer or schedule name, or a .opt path")
-    p.add_argument("--backend", default="numpy")
+    p.add_argument("--backend", default="numpy",
+                   help="the backend whose kernel to print (default numpy)")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
@@ -379,11 +442,78 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw every stdlib schedule in one grid (the README's figure)")
     p.set_defaults(func=cmd_plot_schedule)
 
-    p = sub.add_parser("demo", help="train a small model with a stdlib or .opt optimizer")
-    p.add_argument("--optimizer", default="Adam", help="stdlib name or .opt path")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "plot-diagnostics", help="draw a diagnostics log (optdsl.diagnostics.JSONLLogger)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Draw a diagnostics log written by optdsl.diagnostics.JSONLLogger (one "
+        "JSON line per\nlogged step, from an optimizer built with diagnostics=True), in "
+        "four panels over the\nsteps: each param group's gradient norm and update/param "
+        "ratio, the mean of every\ntracked value with its min-max band, and a heat map of "
+        "one group's gradient histograms.",
+        epilog="example:\n"
+        "  # in the training loop:\n"
+        "  #   opt = Adam(params, lr=1e-3, diagnostics=True)\n"
+        "  #   log = optdsl.diagnostics.JSONLLogger(\"runs/diag.jsonl\", every=10)\n"
+        "  #   ... opt.step(); log.log(opt)\n"
+        "  optdsl plot-diagnostics runs/diag.jsonl -o diag.png\n"
+        "  optdsl plot-diagnostics runs/diag.jsonl --group 1 -o diag.svg\n\n"
+        "Drawing needs matplotlib (pip install 'optdsl[plot]').")
+    p.add_argument("log", metavar="LOG", help="a .jsonl diagnostics log")
+    p.add_argument("-o", "--output", metavar="FILE", required=True,
+                   help="write the plot here (.png, .svg, .pdf)")
+    p.add_argument("--group", type=int, default=0, metavar="G",
+                   help="the param group whose gradient histograms the heat map shows "
+                   "(default 0)")
+    p.set_defaults(func=cmd_plot_diagnostics)
+
+    p = sub.add_parser(
+        "demo", help="train a small MLP on handwritten digits with any optimizer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a small NumPy MLP (examples/mlp.py, hand-written backprop) on "
+        "handwritten digits:\nscikit-learn's digits set when scikit-learn is installed, "
+        "else a generated one\n(the output says which). Prints the loss and test accuracy "
+        "per epoch and draws the\nloss curves. Optimizers and schedules are stdlib names "
+        "in any case, names of the\n.opt files in examples/ (lion), or .opt paths.",
+        epilog="examples:\n"
+        "  optdsl demo                                  # Adam, 20 epochs, writes demo.png\n"
+        "  optdsl demo --optimizer sgd --lr 0.1 --epochs 30\n"
+        "  optdsl demo --optimizer my_rule.opt --schedule CosineAnnealingLR\n"
+        "  optdsl demo --schedule StepLR step_size=5 gamma=0.5\n"
+        "  optdsl demo --compare adam,sgd,lion --plot docs/demo.png   # the README's figure\n"
+        "  optdsl demo --small --quiet --no-plot        # a few seconds, for CI\n\n"
+        "The real digits and the plot need the demo extra (pip install 'optdsl[demo]':\n"
+        "scikit-learn, matplotlib); without them the demo trains on generated digits and\n"
+        "draws nothing.")
+    p.add_argument("--optimizer", metavar="NAME", default=None,
+                   help="a stdlib optimizer (any case), an example (lion) or a .opt path "
+                   "(default adam)")
+    p.add_argument("--compare", metavar="A,B,...",
+                   help="train each of these optimizers in turn and draw them in one plot, "
+                   "e.g. adam,sgd,lion")
+    p.add_argument("--lr", type=float, default=None,
+                   help="the learning rate, for every optimizer (default: one tuned per "
+                   "optimizer, else the spec's default)")
+    p.add_argument("--schedule", nargs="+", metavar=("NAME", "KEY=VALUE"),
+                   help="an lr schedule stepped once per epoch, with its hypers: stdlib name "
+                   "(any case) or .opt path; T_max and total_steps default to the epochs")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs to train (default 20; 3 with --small)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                   help="examples per step (default 32)")
+    p.add_argument("--hidden", type=_positive_int, default=64, metavar="N",
+                   help="hidden units (default 64)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the weights, the train/test split and the batch order")
+    p.add_argument("--dataset", choices=("auto", "sklearn", "generated"), default="auto",
+                   help="auto: scikit-learn's digits if installed, else generated ones")
+    p.add_argument("--plot", metavar="FILE", default="demo.png",
+                   help="write the loss curves here (default demo.png; needs matplotlib)")
+    p.add_argument("--no-plot", dest="plot", action="store_const", const=None,
+                   help="draw nothing")
+    p.add_argument("--small", action="store_true",
+                   help="a tiny run (3 epochs) that checks everything works in seconds")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the final accuracies, not a line per epoch or the bar")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -396,6 +526,51 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+# --- colour ----------------------------------------------------------------------------
+
+_STYLES = {"location": "1", "error": "1;31", "hint": "36", "caret": "1;32", "ok": "32"}
+
+
+def use_colour(stream) -> bool:
+    """Colour for a terminal only. NO_COLOR (no-color.org) turns it off; FORCE_COLOR turns it
+    on for any stream (a CI log that renders it); TERM=dumb turns it off. The same order as
+    Python 3.13's own tracebacks."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
+def _paint(text: str, style: str, stream) -> str:
+    return f"\x1b[{_STYLES[style]}m{text}\x1b[0m" if text and use_colour(stream) else text
+
+
+def _spec_error_text(exc: SpecError, stream) -> str:
+    """``str(exc)`` (each diagnostic's ``file:line:col: message; hint``, its source line
+    and a caret line), coloured when ``stream`` takes colour."""
+    if not use_colour(stream):
+        return str(exc)
+    out = []
+    for d in exc.diagnostics:
+        head, *rest = d.render().split("\n")
+        location = f"{d.source.name}:{d.span.line}:{d.span.column}"
+        if head == f"{location}: {d.message}" + (f"; {d.hint}" if d.hint else ""):
+            head = f"{_paint(location, 'location', stream)}: {_paint(d.message, 'error', stream)}"
+            if d.hint:
+                head += f"; {_paint(d.hint, 'hint', stream)}"
+        if len(rest) == 2:  # the source line and the caret line under it
+            pad = rest[1].rstrip("^")
+            rest[1] = pad + _paint(rest[1][len(pad):], "caret", stream)
+        out.append("\n".join([head, *rest]))
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,14 +586,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpecError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        print(_spec_error_text(exc, sys.stderr), file=sys.stderr)
+        return EXIT_FAILURE
     except OptdslError as exc:
-        print(f"optdsl: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"optdsl: {_paint('error:', 'error', sys.stderr)} {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("optdsl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `optdsl show Adam | head`
         sys.stderr.close()
-        return 0
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -198,13 +198,6 @@ def test_console_script_entry_point_runs():
     assert "Adadelta" in result.stdout
 
 
-def test_demo_trains(capsys):
-    assert main(["demo", "--epochs", "30"]) == 0
-    out = capsys.readouterr().out
-    acc = float(out.strip().rsplit(" ", 1)[-1])
-    assert acc > 0.9, out
-
-
 def test_schedules_in_list_show_and_compile(capsys):
     assert main(["list"]) == 0
     assert "StepLR  (schedules/steplr.opt)" in capsys.readouterr().out
