@@ -268,24 +268,31 @@ class GradScaler:
         return self._init_scale if self._scale is None else self._scale
 
     def get_growth_factor(self) -> float:
+        """What update() multiplies the scale by after growth_interval good steps."""
         return self._growth_factor
 
     def set_growth_factor(self, new_factor: float) -> None:
+        """Set the growth factor (a number > 1)."""
         self._growth_factor = _check_growth_factor(new_factor)
 
     def get_backoff_factor(self) -> float:
+        """What update() multiplies the scale by after a step with an inf or nan."""
         return self._backoff_factor
 
     def set_backoff_factor(self, new_factor: float) -> None:
+        """Set the backoff factor (a number in (0, 1))."""
         self._backoff_factor = _check_backoff_factor(new_factor)
 
     def get_growth_interval(self) -> int:
+        """How many good steps in a row grow the scale."""
         return self._growth_interval
 
     def set_growth_interval(self, new_interval: int) -> None:
+        """Set the growth interval (a whole number >= 1)."""
         self._growth_interval = _check_growth_interval(new_interval)
 
     def is_enabled(self) -> bool:
+        """Whether the scaler scales (a disabled one passes everything through)."""
         return self._enabled
 
     def _get_growth_tracker(self) -> int:

@@ -76,6 +76,8 @@ class StdlibModule:
         self.module, self.kind, self.files = module, kind, files
 
     def load(self, name: str) -> type:
+        """The stdlib class ``name`` ("Adam", "StepLR"), compiled on first use; KeyError
+        naming the available ones for another name."""
         if name not in self.files:
             raise KeyError(f"no stdlib {self.kind} {name!r}; available: "
                            f"{', '.join(self.files)}")

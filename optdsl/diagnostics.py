@@ -89,6 +89,7 @@ class Histogram:
     neginf: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain Python values, as :meth:`Diagnostics.to_dict` gives them."""
         return {"counts": list(self.counts),
                 "edges": None if self.edges is None else list(self.edges),
                 "nan": self.nan, "posinf": self.posinf, "neginf": self.neginf}
@@ -106,6 +107,7 @@ class TrackStats:
     size: int
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain Python values, as :meth:`Diagnostics.to_dict` gives them."""
         return {"min": self.min, "mean": self.mean, "max": self.max,
                 "nonfinite": self.nonfinite, "size": self.size}
 
@@ -148,6 +150,7 @@ class ParamStats(Stats):
     dtype: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain Python values, as :meth:`Diagnostics.to_dict` gives them."""
         return {"label": self.label, "group": self.group, "index": self.index,
                 "shape": list(self.shape), "dtype": self.dtype, **self._fields()}
 
@@ -164,6 +167,7 @@ class GroupStats(Stats):
     hypers: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain Python values, as :meth:`Diagnostics.to_dict` gives them."""
         return {"group": self.index, "params": self.params, "lr": self.lr,
                 "hypers": dict(self.hypers), **self._fields()}
 
@@ -789,6 +793,7 @@ class JSONLLogger:
         return record
 
     def close(self) -> None:
+        """Close the file (the context manager does it on exit)."""
         self._file.close()
 
     def __enter__(self) -> JSONLLogger:

@@ -450,10 +450,14 @@ class Optimizer:
 
     @classmethod
     def spec_text(cls) -> str:
+        """The ``.opt`` text this class was compiled from."""
         return cls._spec.text
 
     # --- param groups -------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, a dict with ``"params"`` and any hypers to override (the others
+        take the optimizer's defaults), as torch's. Its hypers are validated now, and a
+        param already in another group is refused."""
         name = type(self).__name__
         if not isinstance(param_group, dict):
             raise ParamGroupTypeError(f"{name}: a param group must be a dict, got "

@@ -55,6 +55,7 @@ class RowSparse:
 
     @property
     def dtype(self) -> np.dtype:
+        """The values' dtype (a gradient's must be its parameter's)."""
         return self.values.dtype
 
     def __repr__(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
+FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```$", re.S | re.M)
 
 
 def code_blocks(page: Path, language: str) -> list[str]:

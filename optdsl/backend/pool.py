@@ -29,6 +29,8 @@ _pool_size = 0
 
 
 def num_threads() -> int:
+    """The threads CPU kernels use: set_num_threads(n), else $OPTDSL_NUM_THREADS, else
+    the cores this process may run on."""
     if _threads is not None:
         return _threads
     env = os.environ.get("OPTDSL_NUM_THREADS")
