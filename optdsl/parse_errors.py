@@ -270,7 +270,7 @@ def _character_hint(ch: str) -> str:
         return "an invisible or control character; delete it"
     if not ch.isascii():
         return "names and operators are ASCII: letters, digits and '_'"
-    return "the operators are + - * / ** < <= > >= == != and or not"
+    return "the operators are + - * / % ** < <= > >= == != and or not"
 
 
 def _terminal_text(name: str) -> str | None:

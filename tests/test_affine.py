@@ -53,7 +53,7 @@ def _hypers(spec, name: str, **changes) -> dict:
     return H.resolve(spec.hypers, {**given, **changes}, name)
 
 
-@pytest.mark.parametrize(("name", "path"), _cases())
+@pytest.mark.parametrize(("name", "path"), list(_cases()))
 def test_every_stdlib_path_is_affine_in_lr_with_the_exact_derivative(name, path):
     spec = load(name)._spec
     affine_report(spec.checked, path, "lr")  # raises if not
