@@ -7,9 +7,11 @@ import argparse
 import ast
 import inspect
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import OptdslError, ScheduleError, SpecError
 
@@ -105,16 +107,61 @@ def cmd_check(args) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def cmd_list(args) -> int:
-    from . import optim, schedules
+class CatalogueEntry(NamedTuple):
+    """One stdlib optimizer, as `optdsl list` and docs/catalogue.md show it."""
+
+    name: str
+    file: str  # under stdlib/
+    paper: str  # "Kingma & Ba, 2015": the docstring's first citation
+    lines: int  # of the .opt file
+    state_bytes: int  # per fp32 parameter; a conditional state counts if the defaults enable it
+    reference: str  # what tests/stdlib checks it against: "torch 2.13", "optax", "the paper"
+
+
+# The first parenthesis with a year in it: "Adam (Kingma & Ba, 2015), ..." -> Kingma & Ba, 2015
+_CITATION = re.compile(r"\(([^()]*?\b(?:1[89]|20)\d\d\b[^()]*)\)")
+
+
+def _reference(doc: str) -> str:
+    """What a stdlib docstring says the file follows. Every stdlib docstring says it one
+    of three ways: "with torch.optim.X's semantics", "as optax.x computes it", or
+    "following the paper's ..."."""
+    if re.search(r"torch\.optim\.\w+'s semantics", doc):
+        return "torch 2.13"
+    if re.search(r"\bas optax\.[\w.]+\s+computes", doc):
+        return "optax"
+    return "the paper"
+
+
+def catalogue() -> list[CatalogueEntry]:
+    """The stdlib optimizers in ``optdsl.optim.STDLIB`` order, with what the catalogue
+    shows of each."""
+    from . import optim
+    from ._resources import data_dir
     from .api import state_bytes_per_param
 
-    print("optimizers (optdsl.optim)")
-    for name in optim.STDLIB:
+    entries = []
+    for name, file in optim.STDLIB.items():
         spec = optim.load(name)._spec
-        nbytes = state_bytes_per_param(spec)
-        print(f"{name}  ({optim.STDLIB[name]}; {nbytes} state bytes per fp32 parameter "
-              "with defaults)")
+        doc = " ".join(spec.spec.doc.split())
+        cited = _CITATION.search(doc.split(". ", 1)[0])
+        paper = cited.group(1) if cited else doc.split(". ", 1)[0]
+        lines = len((data_dir("stdlib") / file).read_text().splitlines())
+        entries.append(CatalogueEntry(name, file, paper, lines, state_bytes_per_param(spec),
+                                      _reference(doc)))
+    return entries
+
+
+def cmd_list(args) -> int:
+    from . import optim, schedules
+
+    print("optimizers (optdsl.optim)")
+    for entry in catalogue():
+        spec = optim.load(entry.name)._spec
+        print(f"{entry.name}  ({entry.file}; {entry.state_bytes} state bytes per fp32 "
+              "parameter with defaults)")
+        citation = re.sub(r', "[^"]*"', "", entry.paper)  # the title is in docs/catalogue.md
+        print(f"    {citation}; matches {entry.reference}; {entry.lines} lines of .opt")
         for info in spec.hypers.values():
             print(f"    {info.describe()}")
     print("\nschedules (optdsl.schedules)")

@@ -37,7 +37,9 @@ from .errors import OptdslError
 # seeds 0 and 1 on both datasets (README.md gives the accuracies). An optimizer not
 # listed here starts from its spec's default lr.
 DEFAULT_LR = {"SGD": 0.1, "Adam": 1e-2, "AdamW": 1e-2, "RMSprop": 1e-3, "Adagrad": 0.1,
-              "Adadelta": 10.0, "Lion": 1e-3}
+              "Adadelta": 10.0, "Lion": 1e-3, "AdaBelief": 3e-2, "Yogi": 3e-2,
+              "Signum": 1e-3, "Adan": 3e-2, "AdEMAMix": 3e-2, "Adamax": 0.1, "RAdam": 3e-2,
+              "Rprop": 0.1}
 EPOCHS, SMALL_EPOCHS = 20, 3
 TEST_FRACTION = 0.25
 DEMO_EXTRA = "pip install 'optdsl[demo]'"

@@ -11,6 +11,11 @@ from .api import StdlibModule
 STDLIB = {
     "SGD": "sgd.opt", "Adam": "adam.opt", "AdamW": "adamw.opt", "RMSprop": "rmsprop.opt",
     "Adagrad": "adagrad.opt", "Adadelta": "adadelta.opt", "SparseAdam": "sparse_adam.opt",
+    # torch.optim's, matched to torch 2.13
+    "Adamax": "adamax.opt", "RAdam": "radam.opt", "Rprop": "rprop.opt",
+    # from optax or the papers (the docstring of each says which)
+    "Lion": "lion.opt", "AdaBelief": "adabelief.opt", "Yogi": "yogi.opt",
+    "Signum": "signum.opt", "Adan": "adan.opt", "AdEMAMix": "ademamix.opt",
 }
 
 # Optimizers that, as their torch.optim namesakes, step only the rows of optdsl.RowSparse

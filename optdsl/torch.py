@@ -1,8 +1,8 @@
 """optdsl and PyTorch.
 
 Optimizer state, both ways, for the optimizers that torch.optim and optdsl's standard
-library share (SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta: the same names, hypers and
-state names)::
+library share (COUNTERPARTS: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax, RAdam
+and Rprop, with the same names, hypers and state names)::
 
     from optdsl.torch import state_dict_from_torch, state_dict_to_torch
 
@@ -58,7 +58,8 @@ __all__ = ["state_dict_from_torch", "state_dict_to_torch", "from_rule", "COUNTER
 # --- what both libraries have -----------------------------------------------------------
 
 # optdsl's stdlib optimizers that torch.optim has under the same name.
-COUNTERPARTS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta")
+COUNTERPARTS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "RAdam",
+                "Rprop")
 
 # torch.optim's group keys that choose how torch computes a step, not what it computes.
 # optdsl has backends instead: these are dropped on the way in and take torch's defaults
@@ -248,7 +249,8 @@ def from_rule(rule: Any) -> type:
     ``fused`` are accepted and ignored.
 
     The same rule gives the same class. ``optdsl.torch.Adam`` and the other stdlib names
-    (SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta) are ``from_rule`` of the stdlib class.
+    (COUNTERPARTS) are ``from_rule`` of the stdlib class; any other stdlib optimizer is
+    ``from_rule(optdsl.optim.load(name))``.
     Needs torch; see docs/torch.md.
     """
     cls = _rule_class(rule)

@@ -27,6 +27,22 @@ def test_list_shows_every_stdlib_optimizer_with_hypers_and_state_bytes(capsys):
     assert "betas: tuple[2] = (0.9, 0.999) in [0, 1)" in out
 
 
+def test_list_shows_the_catalogue_paper_reference_and_lines(capsys):
+    from optdsl import optim
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in optim.STDLIB:
+        assert f"\n{name}  (" in out
+    assert "Adam  (adam.opt; 8 state bytes per fp32 parameter with defaults)\n" \
+           "    Kingma & Ba, 2015; matches torch 2.13; " in out
+    assert "\nLion  (lion.opt; 4 state bytes" in out
+    assert "    Chen et al., 2023; matches optax; " in out
+    assert "    Xie et al., 2022; matches the paper; " in out
+    lines = len((ROOT / "stdlib" / "adan.opt").read_text().splitlines())
+    assert f"matches the paper; {lines} lines of .opt" in out
+
+
 def test_list_shows_every_schedule(capsys):
     from optdsl import schedules
 

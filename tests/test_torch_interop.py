@@ -49,6 +49,14 @@ CASES = {
                 {"lr": 0.05, "weight_decay": 0.1, "maximize": True}),
     "Adadelta": ({"lr": 0.5, "rho": 0.8},
                  {"weight_decay": 0.1, "lr": 1.0, "eps": 1e-5, "maximize": True}),
+    "Adamax": ({"lr": 0.02, "betas": (0.8, 0.95), "weight_decay": 0.01},
+               {"lr": 0.01, "eps": 1e-6, "maximize": True}),
+    # betas[1] = 0.6 in group 1: rho_t never exceeds 5 there; group 0 crosses it at step 6
+    "RAdam": ({"lr": 0.01, "betas": (0.8, 0.9), "weight_decay": 0.01},
+              {"lr": 0.02, "betas": (0.9, 0.6), "weight_decay": 0.1,
+               "decoupled_weight_decay": True, "maximize": True}),
+    "Rprop": ({"lr": 0.02, "etas": (0.4, 1.3), "step_sizes": (1e-3, 0.05)},
+              {"lr": 0.01, "maximize": True}),
 }
 DTYPES = ("float64", "float32")
 PARAMS = [(name, dtype) for name in CASES for dtype in DTYPES]
@@ -386,9 +394,17 @@ def test_errors_name_what_does_not_fit(torch):
 
 
 def test_stdlib_and_counterparts_agree():
-    # SparseAdam has a torch counterpart too, but takes only sparse gradients, which
-    # optdsl's state_dict conversion and torch classes do not deal in.
-    assert set(COUNTERPARTS) == set(optim.STDLIB) - optim.SPARSE_ONLY
+    """Every counterpart is a stdlib optimizer and a torch.optim class of the same name.
+    The catalogue has optimizers torch lacks (Lion, ...), so the converse does not hold;
+    SparseAdam has a torch namesake but takes only sparse gradients, which optdsl's
+    state_dict conversion and torch classes do not deal in."""
+    assert set(COUNTERPARTS) <= set(optim.STDLIB) - optim.SPARSE_ONLY
+    # and every counterpart has its state_dict round trips tested above
+    assert set(COUNTERPARTS) == set(CASES)
+    torch = pytest.importorskip("torch", reason="checks the names against torch.optim")
+    for name in COUNTERPARTS:
+        cls = getattr(torch.optim, name, None)
+        assert isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer), name
 
 
 def test_imports_and_converts_without_torch(tmp_path):

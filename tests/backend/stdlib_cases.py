@@ -4,7 +4,23 @@ backend."""
 
 from __future__ import annotations
 
-from optdsl.optim import SGD, Adadelta, Adagrad, Adam, AdamW, RMSprop
+from optdsl.optim import (
+    SGD,
+    AdaBelief,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Adan,
+    AdEMAMix,
+    Lion,
+    RAdam,
+    RMSprop,
+    Rprop,
+    Signum,
+    Yogi,
+)
 
 CASES = [
     (SGD, {}),
@@ -24,6 +40,26 @@ CASES = [
                "maximize": True}),
     (Adadelta, {}),
     (Adadelta, {"weight_decay": 0.1, "rho": 0.5, "maximize": True}),
+    # (appended: the tests pick some of the cases above by index)
+    (Adamax, {}),
+    (Adamax, {"weight_decay": 0.1, "betas": (0.8, 0.95), "maximize": True}),
+    (RAdam, {}),  # rho_t > 5 from step 6
+    (RAdam, {"weight_decay": 0.1, "betas": (0.8, 0.9)}),
+    (RAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True}),
+    (Rprop, {}),
+    (Rprop, {"etas": (0.3, 1.5), "step_sizes": (1e-3, 0.02), "maximize": True}),
+    (Lion, {}),
+    (Lion, {"weight_decay": 0.1, "betas": (0.8, 0.95)}),
+    (AdaBelief, {}),
+    (AdaBelief, {"nesterov": True, "weight_decay": 0.1, "eps": 1e-8}),
+    (Yogi, {}),
+    (Yogi, {"weight_decay": 0.1, "initial_accumulator_value": 0.1, "betas": (0.8, 0.99)}),
+    (Signum, {}),
+    (Signum, {"momentum": 0.0, "weight_decay": 0.1}),
+    (Adan, {}),
+    (Adan, {"no_prox": True, "weight_decay": 0.1, "betas": (0.9, 0.9, 0.99)}),
+    (AdEMAMix, {}),
+    (AdEMAMix, {"alpha_warmup": 4, "beta3_warmup": 4, "weight_decay": 0.1, "alpha": 2.0}),
 ]
 
 

@@ -153,6 +153,40 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
         {"maximize": True},
         {"lr": 2.0, "rho": 0.8, "eps": 1e-4, "weight_decay": 0.1, "maximize": True},
     ],
+    "Adamax": [
+        {},  # lr defaults to 2e-3
+        {"lr": 0.05},
+        {"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-3},
+        {"lr": 0.05, "weight_decay": 0.1},
+        {"lr": 0.05, "maximize": True},
+        {"lr": 0.05, "betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True},
+    ],
+    "RAdam": [
+        {},  # rho_t > 5 (the rectified step) from step 6 on
+        {"lr": 0.05},
+        {"lr": 0.05, "betas": (0.8, 0.9)},
+        # rho_inf = 4: rho_t never exceeds 5, every step is the unrectified one
+        {"lr": 0.05, "betas": (0.9, 0.6)},
+        {"lr": 0.05, "weight_decay": 0.1},
+        {"lr": 0.05, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"lr": 0.05, "maximize": True},
+        {
+            "lr": 0.05,
+            "eps": 1e-3,
+            "weight_decay": 0.1,
+            "decoupled_weight_decay": True,
+            "maximize": True,
+        },
+    ],
+    "Rprop": [
+        {},  # lr (the initial step size) defaults to 1e-2
+        {"lr": 0.05},
+        {"lr": 0.05, "etas": (0.3, 1.5)},
+        # both clamps reached: shrinking stops at 0.01, growing at 0.08
+        {"lr": 0.05, "step_sizes": (0.01, 0.08)},
+        {"lr": 0.05, "maximize": True},
+        {"lr": 0.05, "etas": (0.6, 1.1), "step_sizes": (1e-3, 0.1), "maximize": True},
+    ],
 }
 
 

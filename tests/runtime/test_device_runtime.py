@@ -50,6 +50,37 @@ HYPERS = {
     "Adadelta": ({"lr": 0.5, "rho": 0.8},
                  {"weight_decay": 0.1},
                  {"lr": 1.0, "eps": 1e-5, "maximize": True}),
+    "Adamax": ({"lr": 0.02, "betas": (0.8, 0.95)},
+               {"weight_decay": 0.01},
+               {"lr": 0.01, "eps": 1e-6, "maximize": True}),
+    # betas[1] = 0.9: rho_t crosses 5 at step 6, so both of RAdam's steps run
+    "RAdam": ({"lr": 0.01, "betas": (0.8, 0.9)},
+              {"weight_decay": 0.1},
+              {"lr": 0.02, "weight_decay": 0.05, "decoupled_weight_decay": True,
+               "maximize": True}),
+    "Rprop": ({"lr": 0.02, "etas": (0.4, 1.3)},
+              {"step_sizes": (1e-3, 0.03)},
+              {"lr": 0.01, "maximize": True}),
+    "Lion": ({"lr": 0.01, "betas": (0.8, 0.95)},
+             {"weight_decay": 0.1},
+             {"lr": 0.005}),
+    "AdaBelief": ({"lr": 0.01, "betas": (0.8, 0.99)},
+                  {"weight_decay": 0.1, "eps": 1e-8},
+                  {"lr": 0.005, "nesterov": True, "eps_root": 1e-10}),
+    # An initial value that float16 holds exactly: the float16 test's reference rounds the
+    # state to float16 after each step, not the value a state starts from.
+    "Yogi": ({"lr": 0.01, "betas": (0.8, 0.99)},
+             {"weight_decay": 0.1, "initial_accumulator_value": 0.125},
+             {"lr": 0.005, "eps": 1e-6}),
+    "Signum": ({"lr": 0.01, "momentum": 0.8},
+               {"weight_decay": 0.1},
+               {"lr": 0.005, "momentum": 0.0}),  # signSGD: no state
+    "Adan": ({"lr": 0.01, "betas": (0.9, 0.9, 0.99)},
+             {"weight_decay": 0.1},
+             {"lr": 0.005, "weight_decay": 0.05, "no_prox": True}),
+    "AdEMAMix": ({"lr": 0.01, "betas": (0.8, 0.99, 0.999), "alpha": 2.0},
+                 {"alpha_warmup": 5, "beta3_warmup": 5, "weight_decay": 0.1},
+                 {"lr": 0.005, "eps": 1e-6}),
 }
 
 # Group 0 holds a 0-d param and a non-contiguous one (stepped param by param, every step,
