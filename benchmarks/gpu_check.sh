@@ -25,7 +25,7 @@ status=0
 torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.version.cuda)"
 } > "$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
-timeout 200 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/gpu tests/torch_integration 2>&1 \
+timeout 200 "$py" -m pytest -m gpu -q -p no:cacheprovider -o addopts=-ra tests/gpu tests/torch_integration 2>&1 \
     | tee "$out/gpu_tests.log" || status=1
 timeout 150 "$py" -m benchmarks.gpu_bench --out "$out" 2>&1 \
     | tee "$out/gpu_bench.log" || status=1
