@@ -70,7 +70,7 @@ HYPERS = {
     # An initial value that float16 holds exactly: the float16 test's reference rounds the
     # state to float16 after each step, not the value a state starts from.
     "Yogi": ({"lr": 0.01, "betas": (0.8, 0.99)},
-             {"weight_decay": 0.1, "initial_accumulator_value": 0.125},
+             {"weight_decay": 0.1, "initial_accumulator_value": 0.1},
              {"lr": 0.005, "eps": 1e-6}),
     "Signum": ({"lr": 0.01, "momentum": 0.8},
                {"weight_decay": 0.1},
@@ -297,6 +297,14 @@ def test_float16_params_store_float32_math_rounded_once_per_step(fake_cupy, name
     ref = [Param(_host(p.data).astype(np.float32), grad=np.zeros(p.data.shape, np.float32))
            for p in gpu]
     ref_opt = cls(ref, backend="numpy", **defaults, **hypers)
+    # The states start as their initial values stored in float16, as the GPU run's do.
+    values = ref_opt._group_hypers(0)
+    for q in ref:
+        for s in cls._spec.spec.states:
+            if ref_opt._spec.host["state_enabled"](values)[s.name]:
+                init = ref_opt._spec.host["init_" + s.name](values, q.data)
+                ref_opt.state[q][s.name] = np.asarray(
+                    np.broadcast_to(init, q.data.shape).astype(np.float16), np.float32)
     for step in range(1, STEPS + 1):
         _set_grads(gpu, step, fake_cupy)
         for i, q in enumerate(ref):

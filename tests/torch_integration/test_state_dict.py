@@ -19,6 +19,9 @@ CASES = {
     "RMSprop": {"lr": 0.01, "momentum": 0.5, "centered": True},
     "Adagrad": {"lr": 0.1, "lr_decay": 0.01},
     "Adadelta": {"lr": 0.5, "rho": 0.8},
+    "Adamax": {"lr": 0.01, "weight_decay": 0.1},
+    "RAdam": {"lr": 0.01, "decoupled_weight_decay": True, "weight_decay": 0.1},
+    "Rprop": {"lr": 0.01, "etas": (0.4, 1.3)},
 }
 
 

@@ -54,6 +54,12 @@ CASES = {
                 {"lr": 0.05, "weight_decay": 0.1, "maximize": True}),
     "Adadelta": ({"lr": 0.5, "rho": 0.8},
                  {"weight_decay": 0.1, "lr": 1.0, "eps": 1e-5, "maximize": True}),
+    "Adamax": ({"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1},
+               {"lr": 0.005, "eps": 1e-6, "maximize": True}),
+    "RAdam": ({"lr": 0.01, "betas": (0.8, 0.9), "weight_decay": 0.1},
+              {"lr": 0.005, "decoupled_weight_decay": True, "maximize": True}),
+    "Rprop": ({"lr": 0.01, "etas": (0.4, 1.3)},
+              {"lr": 0.005, "step_sizes": (1e-5, 1.0), "maximize": True}),
 }
 
 
