@@ -44,3 +44,17 @@ def run_blocks(blocks: list[str], page: str, capsys, namespace: dict | None = No
         printed = capsys.readouterr().out.splitlines()
         assert [squash(p) for p in printed] == [squash(e) for e in expected_prints(code)], code
     return namespace
+
+
+def output_pattern(shown: list[str]) -> re.Pattern:
+    """The output lines shown, as a pattern for the whole output: a line ``...`` stands for
+    any number of lines, and a line ending in ``...`` for any line that starts so."""
+    parts = []
+    for line in shown:
+        if line == "...":
+            parts.append(r"(?:[^\n]*\n)*?")
+        elif line.endswith("..."):
+            parts.append(re.escape(line[:-3]) + r"[^\n]*\n")
+        else:
+            parts.append(re.escape(line) + r"\n")
+    return re.compile("".join(parts))

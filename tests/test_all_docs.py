@@ -48,7 +48,7 @@ from optdsl.compiler import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # doc_blocks
 
-from doc_blocks import expected_prints, squash  # noqa: E402
+from doc_blocks import expected_prints, output_pattern, squash  # noqa: E402
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```([\w-]*)\s*$")
@@ -308,18 +308,6 @@ def _run_command(command: str) -> tuple[int, str]:
     return status, out.getvalue()
 
 
-def _output_pattern(shown: list[str]) -> re.Pattern:
-    parts = []
-    for line in shown:
-        if line == "...":
-            parts.append(r"(?:[^\n]*\n)*?")
-        elif line.endswith("..."):
-            parts.append(re.escape(line[:-3]) + r"[^\n]*\n")
-        else:
-            parts.append(re.escape(line) + r"\n")
-    return re.compile("".join(parts))
-
-
 def _run_console(block: Block) -> None:
     for chunk in re.split(r"^(?=\$ )", block.body, flags=re.M):
         if not chunk.strip():
@@ -329,7 +317,7 @@ def _run_console(block: Block) -> None:
         status, output = _run_command(command)
         assert status == (int(note.group(1)) if note else 0), f"{block}: {command}\n{output}"
         if shown:
-            assert _output_pattern(shown).fullmatch(output.rstrip("\n") + "\n"), \
+            assert output_pattern(shown).fullmatch(output.rstrip("\n") + "\n"), \
                 f"{block}: {command} printed\n{output}"
 
 

@@ -11,6 +11,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+from doc_blocks import output_pattern
 
 from optdsl import cli
 from optdsl.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
@@ -127,20 +128,6 @@ def _doc_commands() -> list[tuple[str, list[str]]]:
     return commands
 
 
-def _output_pattern(shown: list[str]) -> re.Pattern:
-    """The output lines shown, as a pattern for the whole output: a line ``...`` stands for
-    any number of lines, and a line ending in ``...`` for any line that starts so."""
-    parts = []
-    for line in shown:
-        if line == "...":
-            parts.append(r"(?:[^\n]*\n)*?")
-        elif line.endswith("..."):
-            parts.append(re.escape(line[:-3]) + r"[^\n]*\n")
-        else:
-            parts.append(re.escape(line) + r"\n")
-    return re.compile("".join(parts))
-
-
 DOC_COMMANDS = _doc_commands()
 
 
@@ -165,7 +152,7 @@ def test_documented_command_runs_as_shown(command, shown, tmp_path, monkeypatch)
     status, output = _run(words[2:])
     assert status == expected, output
     if shown:
-        assert _output_pattern(shown).fullmatch(output.rstrip("\n") + "\n"), output
+        assert output_pattern(shown).fullmatch(output.rstrip("\n") + "\n"), output
 
 
 # --- exit statuses ---------------------------------------------------------------------

@@ -17,22 +17,8 @@ import optdsl
 import optdsl.torch as ot
 from optdsl import GradientTypeError, HyperError, HyperTypeError, ParamGroupTypeError
 
-LION = '''
-optimizer Lion
-"""Lion (Chen et al., 2023): the sign of an interpolated momentum."""
-
-hyper lr = 1e-4
-hyper betas = (0.9, 0.99)
-hyper weight_decay = 0.0
-
-state exp_avg = 0
-
-update:
-    b1, b2 = betas
-    p = p * (1 - lr * weight_decay)
-    p = p - lr * sign(b1 * exp_avg + (1 - b1) * g)
-    exp_avg = b2 * exp_avg + (1 - b2) * g
-'''
+# DESIGN.md's normative Lion, the demo's user rule.
+LION = (Path(__file__).parents[2] / "examples" / "lion.opt").read_text()
 
 
 def lion_reference(p, g, m, lr, betas, weight_decay):

@@ -4,6 +4,8 @@ torch.optim.X and back mid-training, and both runs continue with the same number
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from torch_cases import assert_close, mlp, torch, train_step
@@ -152,19 +154,5 @@ def test_sgd_state_has_no_step_as_in_torch():
     assert optdsl.torch.SGD is ot.from_rule(optdsl.optim.SGD)
 
 
-LION = '''
-optimizer Lion
-"""Lion (Chen et al., 2023): the sign of an interpolated momentum."""
-
-hyper lr = 1e-4
-hyper betas = (0.9, 0.99)
-hyper weight_decay = 0.0
-
-state exp_avg = 0
-
-update:
-    b1, b2 = betas
-    p = p * (1 - lr * weight_decay)
-    p = p - lr * sign(b1 * exp_avg + (1 - b1) * g)
-    exp_avg = b2 * exp_avg + (1 - b2) * g
-'''
+# DESIGN.md's normative Lion, the demo's user rule.
+LION = (Path(__file__).parents[2] / "examples" / "lion.opt").read_text()
