@@ -107,7 +107,7 @@ class _Differentiate:
             self.defined[ins.out.id] = ins
             self.visit(ins)
         outputs = dict(self.program.outputs)
-        for name, var in self.program.outputs:
+        for name, var in self.program.outputs + self.program.scalar_outputs:
             if ":" not in name and name != "p" and self.depends(var):
                 line = self.defined[var.id].span.line if self.defined[var.id].span else None
                 where = f" (line {line})" if line is not None else ""
@@ -202,4 +202,6 @@ def _reason(op: str, args: tuple[Var, ...], depends, hyper: str) -> str:
         return f"raises a value that depends on {hyper} to a power"
     if op == "mod":
         return f"takes '%' of a value that depends on {hyper}"
+    if op == "reduce":
+        return f"reduces a value that depends on {hyper} over the parameter"
     return f"takes {op}() of a value that depends on {hyper}"

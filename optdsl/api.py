@@ -46,6 +46,9 @@ def _docstring(spec: CompiledSpec) -> str:
         lines += ["", f"State ({per}):"]
         for s in spec.spec.states:
             lines.append(f"    {s.name}" + (" (conditional)" if s.cond is not None else ""))
+    if spec.spec.scalars:
+        lines += ["", "Scalar state (one number per parameter):"]
+        lines += [f"    {s.name}" for s in spec.spec.scalars]
     for req in spec.spec.requires:
         lines.append(f"Requires: {req.message}")
     if spec.kind == "optimizer":
@@ -57,7 +60,8 @@ def _docstring(spec: CompiledSpec) -> str:
 
 
 def state_bytes_per_param(spec: CompiledSpec, itemsize: int = 4, **hypers: Any) -> int:
-    """Bytes of state per parameter element under the given (default) hypers."""
+    """Bytes of elementwise state per parameter element under the given (default) hypers
+    (scalar states, one float64 per tensor, are :func:`scalar_state_bytes`)."""
     from .hypers import resolve
 
     values = resolve(spec.hypers, hypers, spec.name)
@@ -65,7 +69,12 @@ def state_bytes_per_param(spec: CompiledSpec, itemsize: int = 4, **hypers: Any) 
     return itemsize * sum(1 for v in enabled.values() if v)
 
 
-__all__ = ["compile", "make_class", "HyperInfo", "state_bytes_per_param"]
+def scalar_state_bytes(spec: CompiledSpec) -> int:
+    """Bytes of scalar state per parameter tensor: a float64 for each scalar state."""
+    return 8 * len(spec.spec.scalars)
+
+
+__all__ = ["compile", "make_class", "HyperInfo", "state_bytes_per_param", "scalar_state_bytes"]
 
 
 class StdlibModule:

@@ -30,6 +30,7 @@ from .ir import (
     HOST,
     HOST_BOOL,
     HOST_FLOAT,
+    REDUCTIONS,
     TENSOR_FLOAT,
     Type,
     TypeRuleError,
@@ -125,6 +126,14 @@ def _builtin_names(spec: S.Spec) -> dict[str, Type]:
     return dict(OPTIMIZER_BUILTINS if spec.kind == "optimizer" else SCHEDULE_BUILTINS)
 
 
+def _functions(spec: S.Spec) -> dict[str, tuple[int, int | None]]:
+    """The functions a spec can call: a schedule cannot reduce (it sees no parameter), so
+    there the reductions' names are free for hypers and locals (OneCycleLR's ``total``)."""
+    if spec.kind == "schedule":
+        return {k: v for k, v in FUNCTIONS.items() if k not in REDUCTIONS}
+    return FUNCTIONS
+
+
 def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperInfo]]:
     """Duplicates, reserved names, hyper types, defaults and ranges."""
     diags: list[Diagnostic] = []
@@ -134,11 +143,12 @@ def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperI
         diags.append(Diagnostic(src, span, message, hint))
 
     seen: dict[str, int] = {}
-    reserved = set(_builtin_names(spec)) | set(FUNCTIONS) | set(CONSTANTS) \
+    reserved = set(_builtin_names(spec)) | set(_functions(spec)) | set(CONSTANTS) \
         | set(SCHEDULE_FUNCTIONS)
     hypers: dict[str, HyperInfo] = {}
-    for decl in (*spec.hypers, *spec.states, *spec.groups):
-        kind = {S.HyperDecl: "hyper", S.StateDecl: "state", S.GroupDecl: "group"}[type(decl)]
+    for decl in (*spec.hypers, *spec.states, *spec.scalars, *spec.groups):
+        kind = {S.HyperDecl: "hyper", S.StateDecl: "state", S.ScalarStateDecl: "state",
+                S.GroupDecl: "group"}[type(decl)]
         if isinstance(decl, S.GroupDecl) and spec.kind != "schedule":
             fail(decl.span, "'group' declarations are for schedules",
                  "an optimizer reads its group's values as hypers")
@@ -274,11 +284,16 @@ class _Scope:
         self.spec = spec
         self.hypers = hypers
         self.states = {s.name: s for s in spec.states}
+        self.scalars = {s.name: s for s in spec.scalars}
+        # Locals whose value is per parameter (it reads a scalar state or a reduction):
+        # a host value, but one the runtime knows only while stepping each parameter.
+        self.perparam: set[str] = set()
         self.groups = {g.name: g for g in spec.groups if g.name not in SCHEDULE_GROUP_VALUES}
         self.builtins = _builtin_names(spec)
+        self.functions = _functions(spec)
         # Hypers including those whose declaration failed (so their uses are not reported
         # again), but not those that shadow a built-in: those names mean the built-in.
-        self.declared = {h.name for h in spec.hypers} - set(self.builtins) - set(FUNCTIONS) \
+        self.declared = {h.name for h in spec.hypers} - set(self.builtins) - set(self.functions) \
             - set(CONSTANTS)
         self.allowed = allowed  # restricts the names an expression may use
         self.env: dict[str, _Binding] = {}
@@ -289,7 +304,7 @@ class _Scope:
 
     def visible(self) -> set[str]:
         names = set(self.hypers) | set(CONSTANTS) | set(self.env)
-        names |= set(self.builtins) | set(self.states) | set(self.groups)
+        names |= set(self.builtins) | set(self.states) | set(self.groups) | set(self.scalars)
         if self.allowed is not None:
             names &= self.allowed
         return names
@@ -298,7 +313,7 @@ class _Scope:
         name = node.id
         if self.allowed is not None and name not in self.allowed and (
                 name in self.builtins or name in self.states or name in self.env
-                or name in self.groups):
+                or name in self.groups or name in self.scalars):
             raise _Fail(node.span, f"{name!r} cannot be used here",
                         "only hypers, constants and p are allowed" if "p" in self.allowed
                         else "only hypers, constants and epoch are allowed"
@@ -317,6 +332,8 @@ class _Scope:
                             f"{_show(decl.cond)}",
                             f"use it inside 'if {_show(decl.cond)}:'")
             return TENSOR_FLOAT if self.spec.kind == "optimizer" else HOST_FLOAT
+        if name in self.scalars:
+            return HOST_FLOAT
         if name in self.groups:
             self._check_group_cond(self.groups[name], node.span, "use")
             return HOST_FLOAT
@@ -328,7 +345,7 @@ class _Scope:
             return HOST_FLOAT
         if name in self.declared:
             return None  # a hyper whose declaration failed: reported there already
-        if name in FUNCTIONS:
+        if name in self.functions:
             raise _Fail(node.span, f"{name!r} is a function", f"call it: {name}(...)")
         if self.spec.kind == "schedule" and name in OPTIMIZER_BUILTINS:
             raise _Fail(node.span, f"{name!r} is not available in a schedule",
@@ -411,15 +428,17 @@ class _Scope:
     def _call(self, e: S.Call) -> Type | None:
         if e.func in SCHEDULE_FUNCTIONS:
             return self._schedule_call(e)
-        if e.func not in FUNCTIONS:
-            known = self.visible() - set(FUNCTIONS)
+        if e.func not in self.functions:
+            known = self.visible() - set(self.functions)
             if e.func in known:
                 raise _Fail(e.func_span, f"{e.func!r} is not a function")
             raise _Fail(e.func_span, f"unknown function {e.func!r}",
-                        _did_you_mean(e.func, FUNCTIONS) or
-                        "available: " + " ".join(sorted(FUNCTIONS)))
+                        _did_you_mean(e.func, self.functions) or
+                        "available: " + " ".join(sorted(self.functions)))
         lo, hi = FUNCTIONS[e.func]
         n = len(e.args)
+        if e.func in REDUCTIONS:
+            return self._reduction(e)
         if n < lo or (hi is not None and n > hi):
             if lo == hi:
                 want = f"{lo} argument" + ("s" if lo != 1 else "")
@@ -442,6 +461,42 @@ class _Scope:
         if e.func == "where":
             return self._apply(e, "where", e.args)
         return self._apply(e, e.func, e.args)
+
+    def _reduction(self, e: S.Call) -> Type | None:
+        """``norm(x)`` and the other reductions: an elementwise number in, one host
+        number per parameter out, in an optimizer's update block only."""
+        if self.allowed is not None:  # (a schedule does not know these names at all)
+            raise _Fail(e.func_span, f"{e.func}() cannot be used in declarations",
+                        "a reduction runs over a parameter while it steps: use it in an "
+                        "optimizer's update block")
+        if len(e.args) != 1:
+            raise _Fail(e.span, f"{e.func}() takes 1 argument, got {len(e.args)}")
+        t = self.type_of(e.args[0])
+        if t is None:
+            return None
+        if t.elem != "float":
+            raise _Fail(e.args[0].span, f"{e.func}() reduces numbers, not {_describe(t)}",
+                        "turn a condition into numbers with where(cond, 1, 0)"
+                        if t.elem == "bool" else None)
+        if not t.is_tensor:
+            raise _Fail(e.args[0].span, f"{e.func}() reduces an elementwise value over the "
+                        "parameter, but this is a host scalar",
+                        "reduce an expression of p, g or a state, e.g. norm(p)")
+        return HOST_FLOAT
+
+    def per_parameter(self, e: S.Expr) -> str | None:
+        """What makes ``e`` a per-parameter value (a scalar state, a reduction or a local
+        computed from one), or None."""
+        for node in S.walk_expr(e):
+            if isinstance(node, S.Call) and node.func in REDUCTIONS:
+                return f"{node.func}()"
+            if isinstance(node, S.Name) and node.id in self.env \
+                    and node.id in self.perparam:
+                return f"{node.id!r}"
+            if isinstance(node, S.Name) and node.id in self.scalars \
+                    and node.id not in self.env:
+                return f"scalar state {node.id!r}"
+        return None
 
     def _schedule_call(self, e: S.Call) -> Type | None:
         if self.spec.kind != "schedule":
@@ -534,6 +589,18 @@ def check_states(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]
             if decl.cond is not None:
                 cond_scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS))
                 cond_scope.condition(decl.cond, "a state's condition")
+        except _Fail as exc:
+            diags.append(Diagnostic(spec.source, exc.span, exc.message, exc.hint))
+    for decl in spec.scalars:
+        try:
+            if schedule:
+                raise _Fail(decl.span, "a schedule's states are scalars already",
+                            f"write 'state {decl.name} = ...'")
+            scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS))
+            t = scope.type_of(decl.init)
+            if t is not None and t.elem != "float":
+                raise _Fail(decl.init.span, f"scalar state {decl.name!r} must start as a "
+                            f"number, got {_describe(t)}")
         except _Fail as exc:
             diags.append(Diagnostic(spec.source, exc.span, exc.message, exc.hint))
     return diags
@@ -634,7 +701,8 @@ def _check_block(stmts, scope: _Scope, diags: list[Diagnostic]) -> None:
             diags.append(Diagnostic(scope.spec.source, exc.span, exc.message, exc.hint))
             if isinstance(stmt, S.Assign):
                 for name in stmt.targets:  # poison the names so later uses don't cascade
-                    if name not in scope.states and name not in scope.builtins:
+                    if name not in scope.states and name not in scope.builtins \
+                            and name not in scope.scalars:
                         scope.env[name] = _Binding(None, True, stmt.span.line)
 
 
@@ -666,11 +734,17 @@ def _check_assign(stmt: S.Assign, scope: _Scope) -> None:
                 types = [HOST_FLOAT] * t.n
     else:
         types = [scope.type_of(stmt.value)]
+    perparam = scope.per_parameter(stmt.value) is not None
     for name, span, t in zip(targets, spans, types, strict=False):
         _check_target(name, span, t, scope)
-        if name in scope.states or name in scope.builtins or name in scope.groups:
+        if name in scope.states or name in scope.builtins or name in scope.groups \
+                or name in scope.scalars:
             continue
         scope.env[name] = _Binding(t, True, span.line)
+        if perparam and t is not None and not t.is_tensor:
+            scope.perparam.add(name)
+        else:
+            scope.perparam.discard(name)
 
 
 def _check_track(stmt: S.Track, scope: _Scope) -> None:
@@ -686,8 +760,8 @@ def _check_track(stmt: S.Track, scope: _Scope) -> None:
     taken = None
     if name in scope.builtins:
         taken = "a built-in name"
-    elif name in FUNCTIONS or name in CONSTANTS:
-        taken = "a built-in function" if name in FUNCTIONS else "a built-in constant"
+    elif name in scope.functions or name in CONSTANTS:
+        taken = "a built-in function" if name in scope.functions else "a built-in constant"
     elif name in scope.states:
         taken = "a state"
     elif name in scope.declared or name in scope.hypers:
@@ -715,7 +789,7 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
     if name in scope.declared:
         raise _Fail(span, f"cannot assign to hyper {name!r}",
                     f"hypers are read-only in an update; use a local, e.g. '{name}_t = ...'")
-    if name in FUNCTIONS or name in CONSTANTS:
+    if name in scope.functions or name in CONSTANTS:
         raise _Fail(span, f"cannot assign to built-in {name!r}", "use another name")
     if name in scope.states:
         decl = scope.states[name]
@@ -725,6 +799,14 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
     if name in scope.groups:
         scope._check_group_cond(scope.groups[name], span, "assign")
     if t is None:
+        return
+    if name in scope.scalars:
+        if t.elem != "float":
+            raise _Fail(span, f"scalar state {name!r} must hold a number, not {_describe(t)}")
+        if t.is_tensor:
+            raise _Fail(span, f"scalar state {name!r} holds one number per parameter, but "
+                        "this value is elementwise",
+                        "reduce it to one number first, e.g. mean(...) or norm(...)")
         return
     if scope.spec.kind == "schedule" and (name in scope.states or name in scope.builtins
                                           or name in scope.groups):
@@ -750,6 +832,12 @@ def _check_if(stmt: S.If, scope: _Scope, diags: list[Diagnostic]) -> None:
         scope.env, scope.facts = before_env, before_facts
         try:
             scope.condition(cond, "an 'if' condition")
+            reason = scope.per_parameter(cond)
+            if reason is not None:
+                raise _Fail(cond.span, f"an 'if' condition cannot depend on {reason}, a "
+                            "value known only while each parameter steps",
+                            "an 'if' picks one kernel per step for all parameters; use "
+                            "where(cond, a, b) to choose per parameter")
         except _Fail as exc:
             diags.append(Diagnostic(scope.spec.source, exc.span, exc.message, exc.hint))
         scope.env = dict(before_env)

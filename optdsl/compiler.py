@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,48 @@ from .ir import Program
 from .lower import Path as DecisionPath
 from .lower import paths
 from .ops import text as _text
+from .stages import ReduceStage, split
 
 
 def compile_kernel(spec: CompiledSpec, path: DecisionPath, backend: Backend,
                    extras: Extras = ()) -> Kernel:
     """One specialisation of a spec as a runnable kernel (cached in memory and on disk),
-    writing the extra outputs ``extras`` (normalised; see :mod:`optdsl.extras`) too."""
-    def render() -> str:
-        program = lower_with_extras(spec.checked, path, extras)  # AST + decisions -> SSA IR
-        program = passes.run(program)              # fold, CSE, hoist, DCE, buffer reuse
-        return backend.render(program, kind=spec.kind, path=path)  # IR -> source
+    writing the extra outputs ``extras`` (normalised; see :mod:`optdsl.extras`) too. A
+    spec with reductions gets its reduce stages too, in ``Kernel.stages``
+    (:mod:`optdsl.stages`)."""
     # Extras join the key only when there are some: a plain kernel keeps its old key.
-    k = cache.key(spec.spec_hash, backend.name, repr(path), *([repr(extras)] if extras else []))
+    key = (spec.spec_hash, backend.name, repr(path), *([repr(extras)] if extras else []))
+    k = cache.key(*key)
+    stages: tuple[ReduceStage, ...] = ()
+    if spec.reduces:
+        stages, final = split(lower_with_extras(spec.checked, path, extras))
+
+        def render() -> str:
+            return backend.render(passes.run(final), kind=spec.kind, path=path)
+    else:
+        def render() -> str:
+            program = lower_with_extras(spec.checked, path, extras)  # AST + decisions -> IR
+            program = passes.run(program)              # fold, CSE, hoist, DCE, buffer reuse
+            return backend.render(program, kind=spec.kind, path=path)  # IR -> source
     source = cache.get_or_create(k, render)       # rendered once per machine
-    return backend.build(source, f"{spec.name}_{k[:8]}")  # source -> callable
+    kernel = backend.build(source, f"{spec.name}_{k[:8]}")  # source -> callable
+    if stages:  # the reduce stages' kernels, rendered and built the same way
+        kernel = replace(kernel, stages=_build_stages(spec, stages, backend, path, key))
+    return kernel
+
+
+def _build_stages(spec: CompiledSpec, stages: tuple[ReduceStage, ...], backend: Backend,
+                  path: DecisionPath, key: tuple) -> tuple[ReduceStage, ...]:
+    built = []
+    for i, stage in enumerate(stages):
+        if stage.program is None:  # it reduces buffers as loaded: no kernel
+            built.append(stage)
+            continue
+        k = cache.key(*key, f"reduce stage {i}")
+        source = cache.get_or_create(k, lambda st=stage: backend.render(
+            passes.run(st.program), kind=spec.kind, path=path))
+        built.append(replace(stage, kernel=backend.build(source, f"{spec.name}_{k[:8]}")))
+    return tuple(built)
 
 
 def load_spec(text: str, filename: str = "<string>") -> CompiledSpec:
@@ -71,6 +100,17 @@ class CompiledSpec:
     def name(self) -> str:
         return self.checked.spec.name
 
+    @cached_property
+    def reduces(self) -> bool:
+        """Whether the update block uses a per-tensor reduction (see optdsl.stages)."""
+        return _uses_reductions(self.checked.spec.body)
+
+    @cached_property
+    def per_parameter(self) -> bool:
+        """Whether steps need per-parameter host values: reductions or scalar states. Such
+        a spec steps parameter by parameter (each with its own scalar arguments)."""
+        return self.reduces or bool(self.checked.spec.scalars)
+
     @property
     def kind(self) -> str:
         return self.checked.spec.kind
@@ -95,13 +135,34 @@ class CompiledSpec:
 
     def program(self, path: DecisionPath, skip: tuple[str, ...] = (),
                 extras: Extras | str = ()) -> Program:
-        return passes.run(self.unoptimized(path, extras), skip=skip)
+        """The optimised program of the update kernel of ``path`` (for a spec with
+        reductions, the update after its reduce stages: see :mod:`optdsl.stages`)."""
+        lowered = self.unoptimized(path, extras)
+        if self.reduces:
+            lowered = split(lowered)[1]
+        return passes.run(lowered, skip=skip)
 
     def unoptimized(self, path: DecisionPath, extras: Extras | str = ()) -> Program:
         return lower_with_extras(self.checked, path, normalize(extras))
 
     def paths(self) -> list[DecisionPath]:
         return paths(self.checked.spec)
+
+
+def _uses_reductions(stmts) -> bool:
+    from . import syntax as S
+    from .ir import REDUCTIONS
+
+    for stmt in stmts:
+        if isinstance(stmt, S.If):
+            if any(_uses_reductions(body) for _, body in stmt.branches) \
+                    or _uses_reductions(stmt.orelse or ()):
+                return True
+            continue
+        if any(isinstance(n, S.Call) and n.func in REDUCTIONS
+               for n in S.walk_expr(stmt.value)):
+            return True
+    return False
 
 
 def _truth(value: Any) -> bool:

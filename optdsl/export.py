@@ -61,6 +61,10 @@ def render_module(spec: CompiledSpec, backend: str = "numpy") -> str:
     if chosen.name != "numpy":
         raise OptdslError(f"a compiled module holds numpy kernels; the {chosen.name!r} "
                           "backend compiles its own at run time (leave out --backend)")
+    if spec.per_parameter:
+        raise OptdslError(f"{spec.name} uses per-tensor reductions or scalar states, which "
+                          "a compiled module cannot hold yet (it has no reduce stages); "
+                          "import the .opt file with optdsl.compile instead")
     all_paths = spec.paths()
     if len(all_paths) > MAX_PATHS:
         raise OptdslError(f"{spec.name} has {len(all_paths)} specialisations; a module "
@@ -115,6 +119,10 @@ class ExportedSpec:
         """The backends this module has kernels for (the runtime picks among them)."""
         return (self.backend,)
 
+    # A module holds no spec with reductions or scalar states (render_module refuses one).
+    reduces = False
+    per_parameter = False
+
     def kernel(self, backend: Backend, path: tuple[int, ...], extras=()) -> Kernel:
         if backend.name != self.backend:
             raise OptdslError(f"this module was compiled for the {self.backend!r} backend, "
@@ -159,7 +167,7 @@ def build_class(name: str, kind: str, namespace: dict[str, Any]):
     requires = tuple(SimpleNamespace(message=m) for m in namespace["REQUIRE_MESSAGES"])
     spec = ExportedSpec(
         name, kind, hypers, SimpleNamespace(doc=namespace["DOC"], states=states,
-                                            requires=requires),
+                                            scalars=(), requires=requires),
         namespace, "numpy", dict(namespace["KERNELS"]), namespace["SPEC_HASH"],
         filename=namespace.get("__file__") or name)
     return make_class(spec, module=namespace.get("__name__"))

@@ -146,6 +146,7 @@ class _ToAst(Transformer):
     def start(self, meta, children):
         kind, name, name_span = children[0]
         doc, hypers, states, requires, groups, body = "", [], [], [], [], None
+        scalars = []
         for child in children[1:]:
             if isinstance(child, str):
                 doc = child
@@ -153,6 +154,8 @@ class _ToAst(Transformer):
                 hypers.append(child)
             elif isinstance(child, S.StateDecl):
                 states.append(child)
+            elif isinstance(child, S.ScalarStateDecl):
+                scalars.append(child)
             elif isinstance(child, S.RequireDecl):
                 requires.append(child)
             elif isinstance(child, S.GroupDecl):
@@ -163,7 +166,7 @@ class _ToAst(Transformer):
             self._fail(name_span, f"{kind} {name!r} has no 'update:' block",
                        "add 'update:' after the declarations, with the rule indented below")
         return S.Spec(kind, name, doc, tuple(hypers), tuple(states), tuple(requires), body,
-                      self.source, _span(meta), name_span, tuple(groups))
+                      self.source, _span(meta), name_span, tuple(groups), tuple(scalars))
 
     def header(self, meta, children):
         kind, name = children
@@ -202,8 +205,17 @@ class _ToAst(Transformer):
         return [self._literal(c) for c in children if c is not None]
 
     def state_decl(self, meta, children):
-        name, init, cond = children
-        return S.StateDecl(str(name), init, cond, _decl_span(meta, name, init, cond))
+        name, kind, init, cond = children
+        if kind is None:
+            return S.StateDecl(str(name), init, cond, _decl_span(meta, name, init, cond))
+        if str(kind) != "scalar":
+            self._fail(token_span(kind), f"unknown kind of state {str(kind)!r}",
+                       "the only kind is 'scalar': 'state NAME: scalar = 1.0' keeps one "
+                       "number per parameter; an elementwise state has no kind")
+        if cond is not None:
+            self._fail(cond.span, f"scalar state {str(name)!r} cannot be conditional",
+                       "give it a value in every case instead")
+        return S.ScalarStateDecl(str(name), init, _decl_span(meta, name, kind, init))
 
     def group_decl(self, meta, children):
         name, alt, index, cond = children

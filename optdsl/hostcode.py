@@ -13,7 +13,7 @@ from .checker import CheckedSpec
 from .errors import InternalCompilerError
 from .ir import CONSTANTS, Program
 from .ops import UFUNC
-from .render import constant, ident, number, quoted_ident
+from .render import constant, ident, number, quoted_ident, quoted_scalar
 from .syntax import line_comment
 
 _BUILTIN_NAMES = {"t": "_t", "p": "_p"}
@@ -154,7 +154,10 @@ def render_host_module(checked: CheckedSpec) -> str:
     out += _hyper_prologue(checked, "    ", spec.body)
     out.append("    path = []")
     body: list[str] = []
-    tensors = {"p", "g"} | {s.name for s in spec.states}
+    # Per-parameter values (scalar states, and reductions, which read p, g or a state)
+    # cannot decide anything: the checker refuses them in conditions, and here they are
+    # kept out of decide() as elementwise values are.
+    tensors = {"p", "g"} | {s.name for s in spec.states} | {s.name for s in spec.scalars}
     _render_decide_block(spec.body, r, tensors, body, "    ")
     out += body
     out.append("    return tuple(path)")
@@ -162,7 +165,7 @@ def render_host_module(checked: CheckedSpec) -> str:
     out += render_requires(checked, r)
     out += render_enabled(checked, r, "state_enabled",
                           "Which conditional states exist under these hypers.", spec.states)
-    for s in spec.states:
+    for s in (*spec.states, *spec.scalars):
         out.append(f"def {ident(s.name, 'init_')}(h, _p):")
         out += _hyper_prologue(checked, "    ", [s.init])
         out.append(f"    return {r.expr(s.init)}  # line {s.span.line}")
@@ -221,10 +224,25 @@ def _render_decide_block(stmts, r: _AstRenderer, tensors: set[str], out: list[st
 
 
 def render_host_args(program: Program) -> list[str]:
-    """The lines of ``def host_args(h, t)`` for a hoisted program."""
+    """The lines of ``def host_args(h, t)`` for a hoisted program; with scalar states,
+    also ``def scalar_outputs(h, t)``, their new values (``h`` holds the per-parameter
+    values: see optdsl.stages)."""
+    out = _host_function(program, "host_args",
+                         "The kernel's scalar arguments for this step, in float64.",
+                         program.kernel_args, None)
+    if program.scalar_outputs:
+        names = tuple(name for name, _ in program.scalar_outputs)
+        out += [""] + _host_function(program, "scalar_outputs",
+                                     "The scalar states' new values, in float64.",
+                                     tuple(v for _, v in program.scalar_outputs), names)
+    return out
+
+
+def _host_function(program: Program, name: str, doc: str, returns, keys) -> list[str]:
+    """``def NAME(h, t)``: the host prologue, returning ``returns`` as a tuple, or as a
+    dict with ``keys`` (scalar state names)."""
     notes = dict(program.notes)
-    out = ["def host_args(h, t):",
-           '    """The kernel\'s scalar arguments for this step, in float64."""']
+    out = [f"def {name}(h, t):", f'    """{doc}"""']
     names, last = {}, None
     # Inputs (hypers, t, constants) first, then the arithmetic grouped by source line.
     leaves = [i for i in program.host if not i.args]
@@ -248,6 +266,8 @@ def render_host_args(program: Program) -> list[str]:
                 rhs = f"h[{info_key}]"
         elif ins.op == "step":
             rhs = "_f(t)"
+        elif ins.op == "scalar":  # a per-parameter value the runtime puts in h
+            rhs = f"_f(h[{quoted_scalar(ins.attr)}])"
         elif ins.op == "index":
             rhs = f"{a[0]}[{int(ins.attr)}]"
         elif ins.op == "where":
@@ -259,6 +279,11 @@ def render_host_args(program: Program) -> list[str]:
         else:
             rhs = f"_np.{UFUNC[ins.op]}({', '.join(a)})"
         out.append(f"    {v} = {rhs}")
-    ret = "".join(f"{names[v.id]}, " for v in program.kernel_args)
-    out.append(f"    return ({ret})")
+    if keys is None:
+        ret = "".join(f"{names[v.id]}, " for v in returns)
+        out.append(f"    return ({ret})")
+    else:
+        ret = "".join(f"{quoted_ident(k)}: {names[v.id]}, " for k, v in zip(keys, returns,
+                                                                           strict=True))
+        out.append(f"    return {{{ret}}}")
     return out

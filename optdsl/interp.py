@@ -16,11 +16,13 @@ import numpy as np
 from . import ops
 from .errors import InternalCompilerError
 from .ir import Program
+from .stages import reduce_values
 
 
 def interpret(program: Program, hypers: dict[str, Any], t: int,
               buffers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run ``program`` on ``buffers`` (p, g and states); return the new outputs.
+    """Run ``program`` on ``buffers`` (p, g, states, and scalar states as numbers);
+    return the new outputs (scalar states' as numbers).
 
     The inputs are not modified.
     """
@@ -43,6 +45,10 @@ def interpret(program: Program, hypers: dict[str, Any], t: int,
             value = np.array(buffers[ins.attr], dtype=dtype, copy=True)
         elif ins.op == "index":
             value = values[ins.args[0].id][ins.attr]
+        elif ins.op == "scalar":  # per-parameter values: see optdsl.stages
+            value = _per_parameter(ins.attr, buffers)
+        elif ins.op == "reduce":
+            value = np.float64(reduce_values(ins.attr, np.ravel(values[ins.args[0].id])))
         elif ins.op == "copy" and ins.out.type.is_tensor:  # also fills with a host scalar
             value = _as_dtype(values[ins.args[0].id], dtype)
             value = np.broadcast_to(value, np.shape(buffers["p"])).copy()
@@ -71,7 +77,19 @@ def interpret(program: Program, hypers: dict[str, Any], t: int,
         if not var.type.is_tensor:
             raise InternalCompilerError(f"output {name} is not elementwise")
         out[name] = values[var.id]
+    for name, var in program.scalar_outputs:  # scalar states' new values
+        out[name] = np.float64(values[var.id])
     return out
+
+
+def _per_parameter(key: str, buffers: dict[str, Any]) -> np.float64:
+    """A ``scalar`` leaf: the parameter's size, or a scalar state (a number in
+    ``buffers``). Reductions are computed here, so their results are never leaves."""
+    if key == "numel":
+        return np.float64(np.size(buffers["p"]))
+    if key.startswith("state:"):
+        return np.float64(buffers[key[len("state:"):]])
+    raise InternalCompilerError(f"interpret() takes a lowered program, not a stage ({key})")
 
 
 def _as_dtype(value: Any, dtype: np.dtype) -> Any:

@@ -58,8 +58,17 @@ ARITH_OPS = {"add": 2, "sub": 2, "mul": 2, "div": 2, "mod": 2, "pow": 2, "min": 
 COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 LOGIC_OPS = {"and": 2, "or": 2, "not": 1}
 # Leaves: "const" (attr: value), "hyper" (attr: name), "step" (t), "load" (attr: buffer name),
+# "scalar" (attr: key, a per-parameter host value: "state:NAME" a scalar state, "numel" the
+# parameter's size, "reduce:K" the result of reduction K, see optdsl.stages),
 # "index" (args: tuple value, attr: position). "where": (cond, if_true, if_false).
-LEAF_OPS = ("const", "hyper", "step", "load")
+LEAF_OPS = ("const", "hyper", "step", "load", "scalar")
+
+# Per-tensor reductions: an elementwise value -> one host scalar per parameter. Each lowers
+# to a primitive "reduce" op (attr: REDUCE_KINDS) and host arithmetic: norm(x) is
+# sqrt(reduce[sumsq](x)), mean(x) reduce[sum](x) / numel, rms(x) sqrt(reduce[sumsq](x) /
+# numel). ("sum" itself is not a function: it is the name of torch's Adagrad state.)
+REDUCTIONS = ("norm", "total", "mean", "maxabs", "rms")
+REDUCE_KINDS = ("sum", "sumsq", "maxabs")
 
 # Functions callable from a spec: name -> (min arity, max arity). ``clip`` and variadic
 # min/max lower to nested min/max; ``where`` is the elementwise select.
@@ -67,6 +76,7 @@ FUNCTIONS = {
     "sqrt": (1, 1), "rsqrt": (1, 1), "exp": (1, 1), "log": (1, 1), "abs": (1, 1),
     "sign": (1, 1), "floor": (1, 1), "cos": (1, 1), "sin": (1, 1), "tanh": (1, 1),
     "min": (2, None), "max": (2, None), "clip": (3, 3), "where": (3, 3),
+    **{name: (1, 1) for name in REDUCTIONS},
 }
 CONSTANTS = {"pi": 3.141592653589793, "inf": float("inf")}
 
@@ -165,6 +175,8 @@ class Program:
     host: tuple[Instr, ...] = ()
     kernel_args: tuple[Var, ...] = ()
     hoisted: bool = False
+    # scalar state -> its new value (a host value), for specs with scalar states
+    scalar_outputs: tuple[tuple[str, Var], ...] = ()
     slots: tuple[tuple[int, str], ...] | None = None
     # line -> the spec's statement on it, re-rendered from the tree (for comments only)
     notes: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
@@ -200,6 +212,9 @@ class Program:
             slot = f"  -> {slots[ins.out.id]}" if ins.out.id in slots else ""
             lines.append(f"    {ins}{slot}")
         lines.append("  outputs: " + ", ".join(f"{n} = {v}" for n, v in self.outputs))
+        if self.scalar_outputs:
+            lines.append("  scalar outputs: " + ", ".join(f"{n} = {v}"
+                                                          for n, v in self.scalar_outputs))
         return "\n".join(lines)
 
 

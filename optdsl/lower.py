@@ -22,6 +22,7 @@ from .ir import (
     HOST_BOOL,
     HOST_FLOAT,
     HOST_STR,
+    REDUCTIONS,
     TENSOR_FLOAT,
     Instr,
     Program,
@@ -106,8 +107,14 @@ def lower(checked: CheckedSpec, path: Path, *, tracks: bool = False) -> Program:
         if var is not loaded:
             outputs.append((name, var))
     outputs += b.tracks or ()
+    scalars = []
+    for decl in spec.scalars:
+        var = env.get(decl.name)
+        if var is not None and var is not b.cache.get(("scalar", f"state:{decl.name}")):
+            scalars.append((decl.name, var))
     notes = tuple(sorted(S.statement_lines(spec).items()))
-    return Program(spec.name, tuple(b.instrs), tuple(outputs), notes=notes)
+    return Program(spec.name, tuple(b.instrs), tuple(outputs), notes=notes,
+                   scalar_outputs=tuple(scalars))
 
 
 def _lower_block(stmts, env: dict[str, Var], decisions: list[int], b: _Builder) -> None:
@@ -172,6 +179,8 @@ def _lower_expr(e: S.Expr, env: dict[str, Var], b: _Builder) -> Var:
         if any(s.name == name for s in spec.states):
             env[name] = b.leaf("load", name, TENSOR_FLOAT, name)
             return env[name]
+        if any(s.name == name for s in spec.scalars):
+            return b.leaf("scalar", f"state:{name}", HOST_FLOAT, name)
         if name in b.checked.hypers:
             return b.leaf("hyper", name, b.checked.hypers[name].ir_type, name)
         if name in CONSTANTS:
@@ -200,6 +209,8 @@ def _lower_expr(e: S.Expr, env: dict[str, Var], b: _Builder) -> Var:
         return b.emit("where", (cond, a, c), span=e.span)
     if isinstance(e, S.Call):
         args = [_lower_expr(a, env, b) for a in e.args]
+        if e.func in REDUCTIONS:
+            return _lower_reduction(e, args[0], b)
         if e.func == "clip":
             x, lo, hi = args
             return b.emit("min", (b.emit("max", (x, lo), span=e.span), hi), span=e.span)
@@ -210,3 +221,16 @@ def _lower_expr(e: S.Expr, env: dict[str, Var], b: _Builder) -> Var:
             return result
         return b.emit(e.func, tuple(args), span=e.span)
     raise InternalCompilerError(f"cannot lower {type(e).__name__}")
+
+
+def _lower_reduction(e: S.Call, x: Var, b: _Builder) -> Var:
+    """A reduction as a primitive ``reduce`` op and host arithmetic (see ir.REDUCTIONS)."""
+    kind = {"norm": "sumsq", "rms": "sumsq", "total": "sum", "mean": "sum",
+            "maxabs": "maxabs"}[e.func]
+    reduced = b.emit("reduce", (x,), kind, e.span, e.func, HOST_FLOAT)
+    if e.func in ("mean", "rms"):
+        numel = b.leaf("scalar", "numel", HOST_FLOAT, "numel")
+        reduced = b.emit("div", (reduced, numel), span=e.span)
+    if e.func in ("norm", "rms"):
+        reduced = b.emit("sqrt", (reduced,), span=e.span)
+    return reduced

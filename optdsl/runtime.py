@@ -916,11 +916,68 @@ class Optimizer:
             extras = self._extras()
             kernel = self._spec.kernel(backend, path, extras) if extras \
                 else self._spec.kernel(backend, path)
-            scalar = backend.math_dtype(self._compute_for(dtype)).type
-            args = tuple(scalar(a) if isinstance(a, np.floating) else a
-                         for a in kernel.host_args(values, t))
+            # A spec with reductions or scalar states computes its arguments per param.
+            args = None if self._spec.per_parameter \
+                else self._kernel_args(kernel, values, t, dtype, backend)
             cache[key] = (kernel, args, path)
         return cache[key]
+
+    def _kernel_args(self, kernel, values: dict, t: int, dtype: np.dtype,
+                     backend: Backend) -> tuple:
+        """``kernel``'s scalar arguments, in the dtype it computes in."""
+        scalar = backend.math_dtype(self._compute_for(dtype)).type
+        return tuple(scalar(a) if isinstance(a, np.floating) else a
+                     for a in kernel.host_args(values, t))
+
+    def _per_param(self, kernel, values: dict, t: int, p: Any, layout: _Layout,
+                   span: tuple[int, int], flat_p: Any, flat_g: Any, dtype: np.dtype,
+                   backend: Backend) -> dict:
+        """The values a per-parameter step reads besides the group's hypers: the param's
+        size (``numel``), its scalar states (``state:NAME``) and the results of the
+        reductions (``reduce:rK``), which this runs stage by stage (:mod:`optdsl.stages`)."""
+        start, stop = span
+        st = self.state[p]
+        h = dict(values)
+        h["numel"] = float(stop - start)
+        for decl in self._spec.spec.scalars:
+            h[f"state:{decl.name}"] = float(st[decl.name])
+        master = "master" in layout.names
+
+        def buffer(name: str) -> Any:
+            if name == "p":
+                return layout.row("master")[start:stop] if master else flat_p
+            if name == "g":
+                return flat_g
+            return layout.row(name)[start:stop]
+
+        for stage in kernel.stages:
+            temps: dict[str, Any] = {}
+            if stage.kernel is not None:
+                sk = stage.kernel
+                buffers = []
+                for name in sk.buffers:
+                    if name in sk.outputs:  # red:rK, the values the stage reduces
+                        temps[name] = self._reduce_scratch(len(temps), stop - start, dtype,
+                                                           flat_p)
+                        buffers.append(temps[name])
+                    else:
+                        buffers.append(buffer(name))
+                self._launch(sk, backend, stop - start, buffers,
+                             self._kernel_args(sk, h, t, dtype, backend), dtype)
+            for r in stage.reductions:
+                source = temps[r.source] if r.source in temps else buffer(r.source)
+                h[f"reduce:{r.key}"] = backend.reduce(r.kind, source)
+        return h
+
+    def _reduce_scratch(self, k: int, n: int, dtype: np.dtype, like: Any) -> Any:
+        """Reduce stages' output ``k`` for a param of ``n`` elements of ``dtype``, where
+        ``like`` lives: one buffer per output, as large as the largest param seen, kept
+        for the next param and step."""
+        key = ("reduce", k, self._compute_for(dtype).str, arrays.device(like))
+        have = self._scratch.get(key)
+        if have is None or have.shape[0] < n:
+            have = self._scratch[key] = arrays.zeros(n, self._compute_for(dtype), like)
+        return have[:n]
 
     def _step_group(self, index, group, live, values, backend) -> None:
         """Step ``live`` param by param, creating and re-pointing state as needed (the
@@ -946,14 +1003,26 @@ class Optimizer:
         off, n, _ = layout.offsets[id(p)]
         extra = self._extra_layout(index, layout, kernel)
         buffers, mirror = _kernel_buffers(kernel, layout, off, off + n, flat_p, flat_g, extra)
+        h = None
+        if args is None:  # per-parameter values: reduce stages, scalar states
+            h = self._per_param(kernel, values, t, p, layout, (off, off + n), flat_p, flat_g,
+                                dtype, backend)
+            args = self._kernel_args(kernel, h, t, dtype, backend)
         self._launch(kernel, backend, n, buffers, args, dtype, mirror)
         if not contiguous:
             data[...] = flat_p.reshape(data.shape)
+        if kernel.scalar_outputs is not None:
+            for name, value in kernel.scalar_outputs(h, t).items():
+                st[name] = np.array(value, np.float64)
         st["step"] = t
 
     def _prepare_state(self, index, p, values, enabled, kernel) -> _Layout:
         """Make ``p``'s state hold what ``kernel`` reads, as views of the group's layout."""
         st = self.state[p]
+        for decl in self._spec.spec.scalars:  # kept on the host, as a 0-d float64 array
+            if decl.name not in st:
+                st[decl.name] = np.array(self._spec.host["init_" + decl.name](values, None),
+                                         np.float64)
         needed = [b for b in kernel.buffers if b not in ("p", "g") and ":" not in b]
         wanted = [s.name for s in self._spec.spec.states if enabled[s.name] or s.name in needed]
         layout = self._layout(index, p, wanted)
@@ -1003,8 +1072,10 @@ class Optimizer:
         ``optdsl.flatten`` leaves them), with their state end to end in the layout, share
         one call. None when some param needs more care (non-contiguous arrays, mixed step
         counts or dtypes are fine, but those are stepped param by param)."""
-        if not isinstance(self.state, _State):
-            return None  # a mapping swapped in by the user: its changes cannot be seen
+        if not isinstance(self.state, _State) or self._spec.per_parameter:
+            # A mapping swapped in by the user (its changes cannot be seen), or a spec that
+            # steps each param with its own scalar arguments (reductions, scalar states).
+            return None
         parts: dict[tuple, list] = {}
         for p in live:
             data, grad = p.data, p.grad
@@ -1141,6 +1212,7 @@ class Optimizer:
         saved_ids = [i for g in groups for i in g["params"]]
         by_saved_id = dict(zip(saved_ids, params, strict=True))
         states = {s.name for s in self._spec.spec.states}
+        scalars = {s.name for s in self._spec.spec.scalars}
         converted: dict[Any, dict[str, Any]] = {}
         for sid, entry in state.items():
             if sid not in by_saved_id:
@@ -1148,7 +1220,7 @@ class Optimizer:
                                      "which no param group lists")
             p = by_saved_id[sid]
             allowed = states | {"master"} if self._has_master(p.data.dtype) else states
-            converted[p] = _convert_entry(name, sid, entry, p, allowed)
+            converted[p] = _convert_entry(name, sid, entry, p, allowed, scalars)
         # Validation is complete: build the new layouts, then swap everything in.
         layouts: dict[tuple[int, str], _Layout] = {}
         version = _Version()
@@ -1173,13 +1245,15 @@ class Optimizer:
                 layout.grow(names)
                 new_state[p] = {"step": entry["step"]}
                 for s, arr in entry.items():
-                    if s != "step":
+                    if s in scalars:
+                        new_state[p][s] = arr
+                    elif s != "step":
                         arrays.copy_into(layout.view(s, p), arr)
         for p, st in new_state.items():
             gi = next(i for i, g in enumerate(new_groups) if any(q is p for q in g["params"]))
             layout = layouts[(gi, np.dtype(p.data.dtype).str)]
             for s in converted[p]:
-                if s != "step":
+                if s != "step" and s not in scalars:
                     st[s] = layout.view(s, p)
         self.param_groups[:] = new_groups
         self._validated = new_validated
@@ -1472,7 +1546,8 @@ def _validate_layout(name: str, sd: Any, param_groups: list[dict]):
     return groups, state
 
 
-def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str]) -> dict:
+def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str],
+                   scalars: set[str] = frozenset()) -> dict:
     where = f"{name}.load_state_dict: state of param {sid}"
     if not isinstance(entry, dict):
         raise StateDictError(f"{where} must be a dict")
@@ -1494,8 +1569,18 @@ def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str]) ->
         raise StateDictError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
     out["step"] = int(step_value)
     for key, value in given.items():
+        if key in scalars:  # one number, as torch keeps NAdam's mu_product
+            try:
+                arr = np.asarray(arrays.to_numpy(value), dtype=np.float64)
+                if arr.ndim != 0 and arr.shape != (1,):
+                    raise ValueError(f"shape {arr.shape}")
+            except (TypeError, ValueError) as exc:
+                raise StateDictError(f"{where}: scalar state {key!r} must be one number "
+                                     f"({exc})") from None
+            out[key] = np.array(arr.reshape(()), np.float64)
+            continue
         if key not in states:
-            close = difflib.get_close_matches(key, sorted(states), n=1)
+            close = difflib.get_close_matches(key, sorted(states | scalars), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise StateDictError(f"{where}: unknown state {key!r}{hint}")
         try:
@@ -1509,3 +1594,4 @@ def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str]) ->
             raise StateDictError(f"{where}: {key!r} has dtype {arr.dtype}, expected floats")
         out[key] = arr
     return out
+

@@ -184,7 +184,18 @@ def resolve_lazy(cls: type, lazy: bool | None) -> bool:
     if cls.sparse_only and not lazy:
         raise HyperTypeError(f"{name}: lazy=False is not possible: {name} steps only the "
                              "rows of RowSparse gradients; for dense steps use Adam")
+    _refuse_per_parameter(cls, lazy, name)
     return lazy
+
+
+def _refuse_per_parameter(cls: type, lazy: bool, where: str) -> None:
+    """Lazy steps see only the named rows: no whole-parameter reduction, and a scalar
+    state would advance on a part of the parameter."""
+    if lazy and cls._spec.per_parameter:
+        raise HyperTypeError(f"{where}: lazy=True is not possible: {cls.__name__}'s rule "
+                             "reduces over whole parameters or keeps scalar states, which "
+                             "a step of some rows cannot compute; leave lazy off to step "
+                             "on the densified gradient")
 
 
 def group_lazy(opt: Any, index: int, group: dict | None = None) -> bool:
@@ -199,6 +210,7 @@ def group_lazy(opt: Any, index: int, group: dict | None = None) -> bool:
         raise HyperTypeError(f"{where}: lazy=False is not possible: "
                              f"{type(opt).__name__} steps only the rows of RowSparse "
                              "gradients")
+    _refuse_per_parameter(type(opt), lazy, where)
     return lazy
 
 

@@ -160,6 +160,16 @@ class StateDecl:
 
 
 @dataclass(frozen=True)
+class ScalarStateDecl:
+    """``state NAME: scalar = init``: one float64 per parameter, kept on the host (NAdam's
+    ``mu_product``), read and assigned in the update block as a per-parameter scalar."""
+
+    name: str
+    init: Expr
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
 class GroupDecl:
     """``group momentum [or betas[0]] [if cycle_momentum]`` (schedules only): a param-group
     value the schedule reads and may assign, with an optional fallback to one element of
@@ -194,6 +204,7 @@ class Spec:
     span: Span = _span()
     name_span: Span = _span()
     groups: tuple[GroupDecl, ...] = ()
+    scalars: tuple[ScalarStateDecl, ...] = ()
 
 
 def walk_expr(expr: Expr):

@@ -38,6 +38,11 @@ class Kernel:
     # launcher ``launch(args)`` to call every step while those buffers stay the same.
     many: Callable[[list], Callable[[tuple], None]] | None = field(default=None,
                                                                    compare=False)
+    # Specs with scalar states: ``scalar_outputs(h, t)``, their new values (a dict).
+    scalar_outputs: Callable[[dict, int], dict] | None = field(default=None, compare=False)
+    # Specs with reductions: the reduce stages that run before this kernel, each an
+    # ``optdsl.stages.ReduceStage`` with its own kernel (see optdsl.stages).
+    stages: tuple = field(default=(), compare=False)
 
 
 class Backend:
@@ -67,6 +72,13 @@ class Backend:
         import numpy as np
 
         return np.dtype(dtype)
+
+    def reduce(self, kind: str, x: Any) -> float:
+        """A per-tensor reduction (``sum``, ``sumsq`` or ``maxabs``) of the 1-D buffer
+        ``x``, accumulated in float64 (see :mod:`optdsl.stages`)."""
+        from ..stages import reduce_values
+
+        return reduce_values(kind, x)
 
     def render(self, program, *, kind: str, path: tuple[int, ...]) -> str:
         raise NotImplementedError

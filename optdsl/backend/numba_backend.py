@@ -148,6 +148,21 @@ class NumbaBackend(Backend):
         # keeps them.
         return isinstance(array, np.ndarray) and array.dtype in (np.float32, np.float64)
 
+    def reduce(self, kind: str, x: Any) -> float:
+        """A reduction of a float32 or float64 buffer on numba's threads
+        (:mod:`optdsl.backend.numba_reduce`); other dtypes and small buffers as the
+        default does."""
+        if not self.accepts(x) or x.shape[0] < PARALLEL_MIN_ELEMENTS:
+            return super().reduce(kind, x)
+        from . import numba_reduce
+
+        threads = min(pool.num_threads(), _numba().config.NUMBA_NUM_THREADS)
+        with _PARALLEL_LOCK:
+            _numba().set_num_threads(threads)
+            if kind == "maxabs":
+                return float(numba_reduce.maxabs_of(x))
+            return float(numba_reduce.sum_of(x, kind == "sumsq"))
+
     def render(self, program: Program, *, kind: str = "optimizer",
                path: tuple[int, ...] = ()) -> str:
         if not program.hoisted:
@@ -196,8 +211,10 @@ class NumbaBackend(Backend):
     def build(self, source: str, name: str) -> Kernel:
         module = _load(source)
         stats: dict[str, Any] = {"compile_seconds": {}, "cache_hit": False}
+        scalars = getattr(module, "scalar_outputs", None)
         return Kernel(source, quiet(module.host_args), _runner(module, stats), module.BUFFERS,
-                      module.OUTPUTS, module.SCRATCH, stats)
+                      module.OUTPUTS, module.SCRATCH, stats,
+                      scalar_outputs=quiet(scalars) if scalars else None)
 
 
 # --- loading: from a file numba can cache against, else from text ------------------------

@@ -109,8 +109,10 @@ class NumpyBackend(Backend):
         namespace: dict[str, Any] = {"__name__": f"optdsl.generated.{name}"}
         exec(compile(source, f"<optdsl {name}>", "exec"), namespace)  # noqa: S102
         run = namespace["kernel"]
+        scalars = namespace.get("scalar_outputs")
         return Kernel(source, quiet(namespace["host_args"]), run, namespace["BUFFERS"],
-                      namespace["OUTPUTS"], namespace["SCRATCH"])
+                      namespace["OUTPUTS"], namespace["SCRATCH"],
+                      scalar_outputs=quiet(scalars) if scalars else None)
 
 
 register(NumpyBackend())

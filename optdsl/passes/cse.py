@@ -20,4 +20,5 @@ def eliminate_common_subexpressions(program: Program) -> Program:
         seen[key] = ins.out
         out.append(Instr(ins.out, ins.op, args, ins.attr, ins.span))
     body, outputs = substitute(tuple(out), program.outputs, mapping)
-    return program.with_(body=body, outputs=outputs)
+    _, scalars = substitute((), program.scalar_outputs, mapping)
+    return program.with_(body=body, outputs=outputs, scalar_outputs=scalars)

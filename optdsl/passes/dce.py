@@ -6,7 +6,7 @@ from ..ir import Program
 
 
 def eliminate_dead_code(program: Program) -> Program:
-    live = {v.id for _, v in program.outputs}
+    live = {v.id for _, v in program.outputs + program.scalar_outputs}
     body = []
     for ins in reversed(program.body):
         if ins.out.id in live:

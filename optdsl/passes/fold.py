@@ -40,7 +40,8 @@ def fold_constants(program: Program) -> Program:
             continue
         out.append(Instr(ins.out, ins.op, args, ins.attr, ins.span))
     body, outputs = substitute(tuple(out), program.outputs, mapping)
-    return program.with_(body=body, outputs=outputs)
+    _, scalars = substitute((), program.scalar_outputs, mapping)
+    return program.with_(body=body, outputs=outputs, scalar_outputs=scalars)
 
 
 def _host(value):

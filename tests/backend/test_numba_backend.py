@@ -32,6 +32,7 @@ from tests.property.harness import assert_same_bits  # noqa: E402
 from tests.security.test_injection import (  # noqa: E402
     DOUBLE_PAYLOAD,
     PAYLOAD,
+    PROBE,
     _docstrings,
     assert_inert,
     check_generated,
@@ -157,16 +158,18 @@ def test_the_parallel_twin_runs_above_the_threshold_only():
 # --- what the generated source is made of ---------------------------------------------
 
 COMMENTS = template_comment_patterns("numba.py.j2")
-PROBE = "optimizer Probe\nhyper lr = 0.1\nupdate:\n    p = p - lr * g\n"
 FIXED_DOCSTRINGS = {d.value for d in _docstrings(ast.parse(
     load_spec(PROBE, "probe.opt").kernel(NUMBA, ()).source))}
 EVIL = load_spec(evil_spec(Path("/nonexistent/pwned")), "modal.opt")
 
 
 def numba_sources(spec) -> list[str]:
-    """Every path's kernel, without and with every extra output."""
-    return [k.source for path in spec.paths()
-            for k in (spec.kernel(NUMBA, path), with_extras(spec, NUMBA, path))]
+    """Every path's kernel, without and with every extra output, and their reduce
+    stages' kernels."""
+    kernels = [k for path in spec.paths()
+               for k in (spec.kernel(NUMBA, path), with_extras(spec, NUMBA, path))]
+    return [k.source for k in kernels] + [s.kernel.source for k in kernels for s in k.stages
+                                          if s.kernel is not None]
 
 
 def check_numba_source(source: str) -> None:

@@ -254,7 +254,11 @@ def run_optimizer(cls, problem: Problem) -> str:
             opt.step()
             state = opt.state[w]
             assert state["step"] == t, f"step count {state['step']} after step {t}"
+            scalars = {s.name for s in spec.spec.scalars}
             for name in state.keys() - {"step"} - states.keys():  # created by this step
+                if name in scalars:  # one float64 per parameter
+                    states[name] = np.float64(spec.host["init_" + name](values, None))
+                    continue
                 states[name] = np.array(spec.host["init_" + name](
                     values, arrays.for_host_code(before)), dtype=before.dtype)
                 states[name] = np.broadcast_to(states[name], before.shape).copy()

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import optdsl
 from optdsl import passes
 from optdsl._resources import data_dir
+from optdsl.api import make_class
 from optdsl.backend import get as get_backend
 from optdsl.compiler import load_spec
 from optdsl.errors import InternalCompilerError
@@ -228,11 +229,36 @@ def test_stdlib_kernels_match_interpreter(filename, backend):
                                False)
         buffers = {k: np.abs(v) if k != "p" and k != "g" else v for k, v in buffers.items()}
         t = data.draw(st.integers(1, 5), label="t")
+        if spec.per_parameter:  # reduce stages and scalar states: through the runtime
+            for decl in spec.spec.scalars:
+                buffers[decl.name] = np.float64(data.draw(st.floats(0, 2), label=decl.name))
+            _check_runtime_step(spec, backend, hypers, t, buffers, f"{filename} t={t}")
+            return
         for path in spec.paths():
             _check_step(spec.kernel(backend, path), spec.unoptimized(path), hypers, t,
                         buffers, chunk, f"{filename} path={path}")
 
     check()
+
+
+def _check_runtime_step(spec, backend, hypers, t, buffers, what) -> None:
+    """Step ``t`` of a one-parameter optimizer that starts from ``buffers`` (loaded as
+    its state after step t - 1) against the interpreter, bit for bit: the reduce stages,
+    the reductions and the scalar states' updates too."""
+    want = interpret(spec.unoptimized(spec.host["decide"](hypers, t)), hypers, t, buffers)
+    w = optdsl.Param(np.array(buffers["p"]))
+    w.grad = np.array(buffers["g"])
+    opt = make_class(spec)([w], backend=backend.name, **hypers)
+    state = {k: np.array(v) for k, v in buffers.items() if k not in ("p", "g")}
+    opt.load_state_dict({"state": {0: {"step": t - 1, **state}},
+                         "param_groups": [{**hypers, "params": [0]}]})
+    with np.errstate(all="ignore"):
+        opt.step()
+    assert_same_bits(w.data, want.get("p", buffers["p"]), f"{what}: p")
+    for name, before in state.items():
+        got = np.asarray(opt.state[w][name])
+        expect = np.asarray(want.get(name, before))
+        assert_same_bits(got, expect.astype(got.dtype), f"{what}: state {name}")
 
 
 def test_skippable_passes_are_the_optional_ones():

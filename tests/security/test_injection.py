@@ -34,7 +34,8 @@ from optdsl.render import buffer_ident
 NUMPY = get_backend("numpy")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # The name of an extra kernel output (optdsl.extras): a fixed kind, a colon, an identifier.
-EXTRA_BUFFER = re.compile(r"(?:track|diag|dlr):[A-Za-z_][A-Za-z0-9_]*\Z")
+EXTRA_BUFFER = re.compile(r"(?:(?:track|diag|dlr|state):[A-Za-z_][A-Za-z0-9_]*"
+                          r"|(?:red|reduce):r[0-9]+)\Z")
 # Every extra output, asked of every kernel whose step is affine in lr.
 EXTRAS = ("track", "update", "dlr:lr")
 
@@ -50,10 +51,11 @@ def with_extras(spec, backend, path):
 
 def all_sources(spec) -> list[str]:
     """The host module and the NumPy kernel of every path of a compiled spec, without and
-    with every extra output."""
-    return [spec.host_source] + [k.source for path in spec.paths()
-                                 for k in (spec.kernel(NUMPY, path),
-                                           with_extras(spec, NUMPY, path))]
+    with every extra output, with the kernels of their reduce stages."""
+    kernels = [k for path in spec.paths()
+               for k in (spec.kernel(NUMPY, path), with_extras(spec, NUMPY, path))]
+    stages = [s.kernel.source for k in kernels for s in k.stages if s.kernel is not None]
+    return [spec.host_source] + [k.source for k in kernels] + stages
 
 
 def step_once(cls, **hypers) -> np.ndarray:
@@ -244,7 +246,9 @@ def template_comment_patterns(template: str = "numpy.py.j2") -> list[re.Pattern]
 
 
 COMMENTS = template_comment_patterns()
-PROBE = "optimizer Probe\nhyper lr = 0.1\nupdate:\n    p = p - lr * g\n"
+# (a scalar state and a reduction give the kernels' scalar_outputs and reduce stages)
+PROBE = ("optimizer Probe\nhyper lr = 0.1\nstate k: scalar = 1\nupdate:\n"
+         "    k = k * norm(g)\n    p = p - lr * k * g\n")
 
 
 def _docstrings(tree: ast.AST) -> list[ast.Constant]:
