@@ -116,6 +116,13 @@ class CatalogueEntry(NamedTuple):
     lines: int  # of the .opt file
     state_bytes: int  # per fp32 parameter; a conditional state counts if the defaults enable it
     reference: str  # what tests/stdlib checks it against: "torch 2.13", "optax", "the paper"
+    scalar_bytes: int = 0  # per parameter tensor: 8 per scalar state (a float64 on the host)
+
+    @property
+    def state(self) -> str:
+        """``8`` or, with scalar states, ``4 + 8 per tensor``."""
+        extra = f" + {self.scalar_bytes} per tensor" if self.scalar_bytes else ""
+        return f"{self.state_bytes}{extra}"
 
 
 # The first parenthesis with a year in it: "Adam (Kingma & Ba, 2015), ..." -> Kingma & Ba, 2015
@@ -124,11 +131,11 @@ _CITATION = re.compile(r"\(([^()]*?\b(?:1[89]|20)\d\d\b[^()]*)\)")
 
 def _reference(doc: str) -> str:
     """What a stdlib docstring says the file follows. Every stdlib docstring says it one
-    of three ways: "with torch.optim.X's semantics", "as optax.x computes it", or
-    "following the paper's ..."."""
+    of three ways: "with torch.optim.X's semantics", "as optax.x computes it" (or
+    "following optax.x"), or "following the paper's ..."."""
     if re.search(r"torch\.optim\.\w+'s semantics", doc):
         return "torch 2.13"
-    if re.search(r"\bas optax\.[\w.]+\s+computes", doc):
+    if re.search(r"\bas optax\.[\w.]+\s+computes|\bfollowing optax\.[\w.]+", doc):
         return "optax"
     return "the paper"
 
@@ -138,7 +145,7 @@ def catalogue() -> list[CatalogueEntry]:
     shows of each."""
     from . import optim
     from ._resources import data_dir
-    from .api import state_bytes_per_param
+    from .api import scalar_state_bytes, state_bytes_per_param
 
     entries = []
     for name, file in optim.STDLIB.items():
@@ -148,7 +155,7 @@ def catalogue() -> list[CatalogueEntry]:
         paper = cited.group(1) if cited else doc.split(". ", 1)[0]
         lines = len((data_dir("stdlib") / file).read_text().splitlines())
         entries.append(CatalogueEntry(name, file, paper, lines, state_bytes_per_param(spec),
-                                      _reference(doc)))
+                                      _reference(doc), scalar_state_bytes(spec)))
     return entries
 
 
@@ -158,7 +165,7 @@ def cmd_list(args) -> int:
     print("optimizers (optdsl.optim)")
     for entry in catalogue():
         spec = optim.load(entry.name)._spec
-        print(f"{entry.name}  ({entry.file}; {entry.state_bytes} state bytes per fp32 "
+        print(f"{entry.name}  ({entry.file}; {entry.state} state bytes per fp32 "
               "parameter with defaults)")
         citation = re.sub(r', "[^"]*"', "", entry.paper)  # the title is in docs/catalogue.md
         print(f"    {citation}; matches {entry.reference}; {entry.lines} lines of .opt")

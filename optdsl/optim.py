@@ -13,9 +13,13 @@ STDLIB = {
     "Adagrad": "adagrad.opt", "Adadelta": "adadelta.opt", "SparseAdam": "sparse_adam.opt",
     # torch.optim's, matched to torch 2.13
     "Adamax": "adamax.opt", "RAdam": "radam.opt", "Rprop": "rprop.opt",
+    "NAdam": "nadam.opt", "ASGD": "asgd.opt",
     # from optax or the papers (the docstring of each says which)
     "Lion": "lion.opt", "AdaBelief": "adabelief.opt", "Yogi": "yogi.opt",
     "Signum": "signum.opt", "Adan": "adan.opt", "AdEMAMix": "ademamix.opt",
+    # with per-tensor reductions or scalar states (see docs/language.md)
+    "LAMB": "lamb.opt", "LARS": "lars.opt", "NovoGrad": "novograd.opt",
+    "ScheduleFreeAdamW": "schedule_free_adamw.opt",
 }
 
 # Optimizers that, as their torch.optim namesakes, step only the rows of optdsl.RowSparse

@@ -1,8 +1,8 @@
 """optdsl and PyTorch.
 
 Optimizer state, both ways, for the optimizers that torch.optim and optdsl's standard
-library share (COUNTERPARTS: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax, RAdam
-and Rprop, with the same names, hypers and state names)::
+library share (COUNTERPARTS: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax, RAdam,
+Rprop, NAdam and ASGD, with the same names, hypers and state names)::
 
     from optdsl.torch import state_dict_from_torch, state_dict_to_torch
 
@@ -59,7 +59,7 @@ __all__ = ["state_dict_from_torch", "state_dict_to_torch", "from_rule", "COUNTER
 
 # optdsl's stdlib optimizers that torch.optim has under the same name.
 COUNTERPARTS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "RAdam",
-                "Rprop")
+                "Rprop", "NAdam", "ASGD")
 
 # torch.optim's group keys that choose how torch computes a step, not what it computes.
 # optdsl has backends instead: these are dropped on the way in and take torch's defaults
@@ -98,7 +98,7 @@ def state_dict_from_torch(state_dict: dict[str, Any], optimizer: Any = None) -> 
     else:
         cls = _optdsl_class(optimizer, where)
     infos = cls._spec.hypers
-    names = {s.name for s in cls._spec.spec.states}
+    names = {s.name for s in (*cls._spec.spec.states, *cls._spec.spec.scalars)}
     out_groups = []
     for i, group in enumerate(groups):
         at = f"{where}: param group {i}"
@@ -184,13 +184,18 @@ def state_dict_to_torch(state_dict: dict[str, Any], optimizer: Any = None) -> di
                 from None
         made = {k: v for k, v in made.items() if k != "params"}
         out_groups.append({**made, **rest, "params": _param_ids(group, at)})
-    return {"state": _state_to_torch(torch, state, where, steps=name not in _NO_STEP),
+    scalars = {s.name for s in _stdlib_class(name)._spec.spec.scalars}
+    return {"state": _state_to_torch(torch, state, where, steps=name not in _NO_STEP,
+                                     scalars=scalars),
             "param_groups": out_groups}
 
 
-def _state_to_torch(torch: Any, state: dict, where: str, steps: bool) -> dict:
+def _state_to_torch(torch: Any, state: dict, where: str, steps: bool,
+                    scalars: set[str] = frozenset()) -> dict:
     """optdsl's per-param state as torch's: arrays as CPU tensors (copies), step counts
-    as torch's scalar step tensors (``steps``; none for torch.optim.SGD)."""
+    as torch's scalar step tensors (``steps``; none for torch.optim.SGD), and scalar
+    states (NAdam's mu_product, ASGD's eta and mu) as 0-d tensors of the dtype torch keeps
+    them in, as its step: its default dtype if that is float64, else float32."""
     step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     out_state = {}
     for pid, entry in state.items():
@@ -206,6 +211,8 @@ def _state_to_torch(torch: Any, state: dict, where: str, steps: bool) -> dict:
                                                   dtype=step_dtype)
             elif key == "master":
                 continue  # optdsl's fp32 master copy: torch.optim keeps none (its params are it)
+            elif key in scalars and value is not None:
+                converted[key] = torch.tensor(float(np.asarray(value)), dtype=step_dtype)
             elif value is not None:
                 converted[key] = _to_tensor(torch, value, f"{at}: {key!r}")
         if converted:
@@ -757,7 +764,8 @@ class _EntryView(MutableMapping):
         at = f"{type(self._opt).__name__}.state"
         if key == "step":
             value = _step_count(value, at)
-        elif key not in {s.name for s in self._opt.rule._spec.spec.states}:
+        elif key not in {s.name for s in (*self._opt.rule._spec.spec.states,
+                                          *self._opt.rule._spec.spec.scalars)}:
             raise KeyError(f"{at}: {type(self._opt).__name__} has no state {key!r}")
         else:
             value = _to_numpy(value, f"{at}[{key!r}]")

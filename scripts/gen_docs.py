@@ -371,18 +371,21 @@ def render_catalogue() -> str:
         *textwrap.wrap(
             "**State** is the bytes of state per float32 parameter with the default hypers "
             "(a conditional state, such as Adam's `max_exp_avg_sq` or Signum's "
-            "`momentum_buffer`, counts only when the defaults enable it). **Matches** is "
+            "`momentum_buffer`, counts only when the defaults enable it), plus 8 bytes per "
+            "parameter tensor for each scalar state (NAdam's `mu_product`, a float64 kept "
+            "on the host). **Matches** is "
             "what the tests check each one against, every step for 40 or more steps in "
             "float64: torch.optim 2.13's trajectories for torch's optimizers, and NumPy "
             "transcriptions of optax's code or of the paper's algorithm, in "
-            "`tests/stdlib/references.py`, for the others.", 90, break_on_hyphens=False),
+            "`tests/stdlib/` (`references.py` and the files it imports), for the others.",
+            90, break_on_hyphens=False),
         "",
         "| name | paper | lines of `.opt` | state (bytes / fp32 param) | matches |",
         "| --- | --- | ---: | ---: | --- |",
     ]
     for e in entries:
         lines.append(f"| [`{e.name}`](../stdlib/{e.file}) | {e.paper} | {e.lines} | "
-                     f"{e.state_bytes} | {e.reference} |")
+                     f"{e.state} | {e.reference} |")
     lines += ["", f"The longest file is `stdlib/{longest.file}` ({longest.name}), "
                   f"{longest.lines} lines."]
     return "\n".join(lines) + "\n"

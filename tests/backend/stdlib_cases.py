@@ -5,6 +5,9 @@ backend."""
 from __future__ import annotations
 
 from optdsl.optim import (
+    ASGD,
+    LAMB,
+    LARS,
     SGD,
     AdaBelief,
     Adadelta,
@@ -15,9 +18,12 @@ from optdsl.optim import (
     Adan,
     AdEMAMix,
     Lion,
+    NAdam,
+    NovoGrad,
     RAdam,
     RMSprop,
     Rprop,
+    ScheduleFreeAdamW,
     Signum,
     Yogi,
 )
@@ -60,6 +66,21 @@ CASES = [
     (Adan, {"no_prox": True, "weight_decay": 0.1, "betas": (0.9, 0.9, 0.99)}),
     (AdEMAMix, {}),
     (AdEMAMix, {"alpha_warmup": 4, "beta3_warmup": 4, "weight_decay": 0.1, "alpha": 2.0}),
+    (LAMB, {}),
+    (LAMB, {"weight_decay": 0.1, "betas": (0.8, 0.99), "eps_root": 1e-10}),
+    (LARS, {}),
+    (LARS, {"nesterov": True, "weight_decay": 0.1, "trust_coefficient": 0.02, "eps": 1e-8}),
+    (NovoGrad, {}),
+    (NovoGrad, {"weight_decay": 0.1, "eps_root": 1e-8, "betas": (0.8, 0.5)}),
+    (ScheduleFreeAdamW, {}),
+    (ScheduleFreeAdamW, {"warmup_steps": 3, "weight_decay": 0.1, "weight_lr_power": 1.0,
+                         "betas": (0.8, 0.99)}),
+    (NAdam, {}),
+    (NAdam, {"weight_decay": 0.1, "betas": (0.8, 0.95), "momentum_decay": 0.01}),
+    (NAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True}),
+    (ASGD, {}),
+    (ASGD, {"t0": 1, "lambd": 0.01, "alpha": 0.5, "weight_decay": 0.1}),  # averages from step 3
+    (ASGD, {"lr": 0.05, "t0": 0, "maximize": True}),
 ]
 
 

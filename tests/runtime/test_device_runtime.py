@@ -81,6 +81,25 @@ HYPERS = {
     "AdEMAMix": ({"lr": 0.01, "betas": (0.8, 0.99, 0.999), "alpha": 2.0},
                  {"alpha_warmup": 5, "beta3_warmup": 5, "weight_decay": 0.1},
                  {"lr": 0.005, "eps": 1e-6}),
+    "NAdam": ({"lr": 0.01, "betas": (0.8, 0.99)},
+              {"weight_decay": 0.1, "momentum_decay": 0.01},
+              {"lr": 0.005, "eps": 1e-6, "weight_decay": 0.05, "decoupled_weight_decay": True,
+               "maximize": True}),
+    "ASGD": ({"lr": 0.05, "t0": 2},
+             {"weight_decay": 0.1, "lambd": 0.01, "alpha": 0.5},
+             {"lr": 0.02, "t0": 0, "maximize": True}),
+    "LAMB": ({"lr": 0.01, "betas": (0.8, 0.99)},
+             {"weight_decay": 0.1, "eps_root": 1e-10},
+             {"lr": 0.005, "eps": 1e-8}),
+    "LARS": ({"lr": 0.5, "momentum": 0.8, "trust_coefficient": 0.02},
+             {"weight_decay": 0.1, "nesterov": True},
+             {"lr": 0.2, "eps": 1e-6, "momentum": 0.0}),
+    "NovoGrad": ({"lr": 0.01, "betas": (0.8, 0.5)},
+                 {"weight_decay": 0.1, "eps_root": 1e-8},
+                 {"lr": 0.005, "eps": 1e-8}),
+    "ScheduleFreeAdamW": ({"lr": 0.01, "betas": (0.8, 0.99)},
+                          {"warmup_steps": 3, "weight_decay": 0.1},
+                          {"lr": 0.005, "weight_lr_power": 1.0, "eps": 1e-6}),
 }
 
 # Group 0 holds a 0-d param and a non-contiguous one (stepped param by param, every step,
@@ -180,7 +199,12 @@ def _assert_same(gpu_opt, gpu_params, cpu_opt, cpu_params, devices=None) -> None
         assert set(st) == set(ref), k
         assert st["step"] == ref["step"]
         device = p.data.device.id if devices is None else devices[k]
+        scalars = {s.name for s in gpu_opt._spec.spec.scalars}
         for name in set(st) - {"step"}:
+            if name in scalars:  # kept on the host, one float64 per param
+                assert isinstance(st[name], np.ndarray) and st[name].shape == (), (k, name)
+                _bits(st[name], ref[name], f"param {k} scalar state {name}")
+                continue
             assert isinstance(st[name], fakecupy.ndarray), (k, name)
             assert st[name].device.id == device, (k, name)
             _bits(st[name], ref[name], f"param {k} state {name}")
@@ -205,7 +229,9 @@ def test_stdlib_optimizer_on_gpu_matches_numpy_backend(fake_cupy, name, dtype):
     _assert_same(gpu_opt, _flat(gpu), cpu_opt, _flat(cpu))
     assert gpu[0][2].data.base is not None  # still the strided view it was
     kinds = {launch.kind for launch in fakecupy.launches}
-    assert kinds == {"elementwise", "raw"}  # param by param, and multi-tensor
+    # param by param, and multi-tensor; a rule with reductions or scalar states steps
+    # each param with its own scalar arguments, always param by param
+    assert kinds == ({"elementwise"} if cls._spec.per_parameter else {"elementwise", "raw"})
     assert all(launch.device == 0 and set(launch.array_devices) == {0}
                for launch in fakecupy.launches)
 
@@ -305,6 +331,7 @@ def test_float16_params_store_float32_math_rounded_once_per_step(fake_cupy, name
                 init = ref_opt._spec.host["init_" + s.name](values, q.data)
                 ref_opt.state[q][s.name] = np.asarray(
                     np.broadcast_to(init, q.data.shape).astype(np.float16), np.float32)
+    scalars = {s.name for s in cls._spec.spec.scalars}
     for step in range(1, STEPS + 1):
         _set_grads(gpu, step, fake_cupy)
         for i, q in enumerate(ref):
@@ -314,15 +341,17 @@ def test_float16_params_store_float32_math_rounded_once_per_step(fake_cupy, name
         for q in ref:
             q.data[...] = q.data.astype(np.float16)
             for key, value in ref_opt.state[q].items():
-                if key != "step":
+                if key != "step" and key not in scalars:  # scalar states stay float64
                     value[...] = value.astype(np.float16)
     for k, (p, q) in enumerate(zip(gpu, ref, strict=True)):
         _bits(p.data, q.data.astype(np.float16), f"param {k}")
         st = gpu_opt.state[p]
         assert set(st) == set(ref_opt.state[q]) and st["step"] == STEPS
-        for key in set(st) - {"step"}:
+        for key in set(st) - {"step"} - scalars:
             assert st[key].dtype == np.float16 and isinstance(st[key], fakecupy.ndarray)
             _bits(st[key], ref_opt.state[q][key].astype(np.float16), f"param {k} {key}")
+        for key in scalars:
+            _bits(st[key], ref_opt.state[q][key], f"param {k} scalar state {key}")
 
 
 def test_float16_scalar_arguments_are_float32(fake_cupy):

@@ -10,7 +10,9 @@ Every name in ``optdsl.optim.STDLIB`` must have exactly one entry, in one of two
 
 ``REFERENCES[name] = (hypers, step_fn)``
     The others: a NumPy transcription of the paper's (or optax's) algorithm, written here
-    from the source the ``.opt`` file's docstring cites, never from the ``.opt`` file.
+    (or in ``refs_*.py`` beside it, merged in at the end) from the source the ``.opt``
+    file's docstring cites, never from the ``.opt`` file. Scalar states are 0-d float64
+    arrays.
 
     ``hypers``: the keyword arguments the test passes to optdsl's class (non-default
     values, chosen so that every branch the reference has is taken by some entry). The
@@ -47,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.stdlib import refs_lamb_lars, refs_novograd_sf
+
 StepFn = Callable[[dict[str, np.ndarray], dict[str, Any], np.ndarray, int, dict[str, Any]], None]
 
 # optdsl name -> (torch.optim class name, hypers)
@@ -66,6 +70,9 @@ TORCH_REFERENCES: dict[str, tuple[str, dict[str, Any]]] = {
                           "weight_decay": 0.01}),
     "RAdam": ("RAdam", {"lr": 0.01, "betas": (0.8, 0.95), "weight_decay": 0.01}),
     "Rprop": ("Rprop", {"lr": 0.02, "etas": (0.4, 1.3), "step_sizes": (1e-4, 0.1)}),
+    "NAdam": ("NAdam", {"lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.01,
+                        "momentum_decay": 0.01}),
+    "ASGD": ("ASGD", {"lr": 0.05, "lambd": 1e-3, "alpha": 0.6, "t0": 5, "weight_decay": 0.01}),
 }
 
 # optdsl name -> more hyper sets for the torch ones (other branches)
@@ -75,6 +82,9 @@ EXTRA_HYPERS: dict[str, list[dict[str, Any]]] = {
                "maximize": True}],
     "Rprop": [{"lr": 0.01, "maximize": True}],
     "Adamax": [{"lr": 0.01, "maximize": True}],
+    "NAdam": [{"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True,
+               "maximize": True}],
+    "ASGD": [{"lr": 0.02, "t0": 0, "maximize": True}],
 }
 
 # optdsl name -> (hypers, step_fn): the NumPy references for the optimizers torch lacks.
@@ -222,3 +232,7 @@ REFERENCES.update({
     "AdEMAMix": ({"lr": 0.01, "betas": (0.8, 0.95, 0.99), "alpha": 3.0, "alpha_warmup": 20,
                   "beta3_warmup": 30, "weight_decay": 0.01}, ademamix_step),
 })
+
+# LAMB and LARS (optax), NovoGrad and ScheduleFreeAdamW (optax): in their own files.
+REFERENCES.update(refs_lamb_lars.REFERENCES)
+REFERENCES.update(refs_novograd_sf.REFERENCES)

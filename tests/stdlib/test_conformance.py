@@ -19,6 +19,7 @@ sparse COO tensors), with repeated rows; the others dense ones. The gradients ar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import re
@@ -31,6 +32,7 @@ import pytest
 import optdsl
 from optdsl import Param, RowSparse, optim
 from optdsl._resources import data_dir
+from optdsl.api import scalar_state_bytes
 from optdsl.compiler import load_spec
 from tests.stdlib.catalogue import state_bytes_per_param
 from tests.stdlib.references import EXTRA_HYPERS, REFERENCES, TORCH_REFERENCES
@@ -131,15 +133,32 @@ class OptdslRunner:
 
 
 class TorchRunner:
+    """torch.optim's class in float64. torch keeps scalar states (NAdam's mu_product,
+    ASGD's eta and mu) in its default dtype: float64 while it builds and steps, too."""
+
     def __init__(self, torch: Any, name: str, hypers: dict[str, Any]):
         self.torch, self.name = torch, name
         cls = getattr(torch.optim, TORCH_REFERENCES[name][0])
         self.params = [torch.tensor(v, dtype=torch.float64) for v in initial_values(name)]
         if "foreach" in inspect.signature(cls.__init__).parameters:
             hypers = {**hypers, "foreach": False}  # torch's single-tensor reference
-        self.opt = cls(self.params, **hypers)
+        with self._float64():
+            self.opt = cls(self.params, **hypers)
+
+    @contextlib.contextmanager
+    def _float64(self):
+        before = self.torch.get_default_dtype()
+        self.torch.set_default_dtype(self.torch.float64)
+        try:
+            yield
+        finally:
+            self.torch.set_default_dtype(before)
 
     def step(self, step: int) -> None:
+        with self._float64():
+            self._step(step)
+
+    def _step(self, step: int) -> None:
         torch = self.torch
         for i, p in enumerate(self.params):
             data = p.detach().numpy()
@@ -335,9 +354,14 @@ def test_state_bytes_per_param_counts_the_state_kept(case):
         p.grad = RowSparse(np.arange(v.shape[0]), v) if sparse(name) else v.copy()
     opt.step()
     p = params[0]
-    kept = sum(np.asarray(value).nbytes for key, value in opt.state[p].items() if key != "step")
+    scalars = {s.name for s in optim.load(name)._spec.spec.scalars}
+    kept = sum(np.asarray(value).nbytes for key, value in opt.state[p].items()
+               if key != "step" and key not in scalars)
     assert state_bytes_per_param(name, hypers) == kept / p.data.size
     assert state_bytes_per_param(optim.load(name), hypers) == kept / p.data.size
+    # a scalar state is one float64 per tensor, whatever the param's dtype and size
+    per_tensor = sum(np.asarray(opt.state[p][key]).nbytes for key in scalars)
+    assert per_tensor == scalar_state_bytes(optim.load(name)._spec) == 8 * len(scalars)
 
 
 @pytest.mark.parametrize(("name", "hypers", "expected"), [
