@@ -162,3 +162,17 @@ def test_bench_diagnostics_runs_at_a_tiny_size():
     assert names == ["float32, diagnostics off", "float32, extras only",
                      "float32, diagnostics on", "float16, master_weights", "float16, plain"]
     assert rows[2].endswith("| 1.00x |") and "64K params in 3 flattened tensors" in proc.stdout
+
+
+def test_bench_reductions_runs_at_a_tiny_size():
+    """benchmarks/bench_reductions.py end to end at 64K params (numbers not meaningful):
+    Adam, LAMB and the NumPy LAMB each get a row, Adam at 1.00x."""
+    proc = subprocess.run([sys.executable, "benchmarks/bench_reductions.py", "--n", "64K",
+                           "--tensors", "3", "--rounds", "2", "--steps", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    names = [row.split(" | ")[0][2:] for row in rows[2:]]
+    assert names == ["Adam (one fused pass)", "LAMB (reduce pass + update)",
+                     "LAMB in plain NumPy"]
+    assert rows[2].endswith("| 1.00x |") and "64K float32 params in 3" in proc.stdout
