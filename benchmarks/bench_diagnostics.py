@@ -5,9 +5,9 @@
 
 Each configuration has its own params (``--tensors`` tensors, ``--n`` elements in all,
 flattened into one buffer, gradients written in place) and its own Adam. The
-configurations take turns: every round times ``--steps`` steps of each, in a rotated
-order, and the median over rounds is reported, so a machine whose load drifts slows every
-configuration alike. Printed, as a Markdown table with ratios:
+configurations take turns (``benchmarks/side_by_side.py``): every round times ``--steps``
+steps of each, in a rotated order, and the median over rounds is reported, so a machine
+whose load drifts slows every configuration alike. Printed, as a Markdown table with ratios:
 
 - float32, diagnostics off (the reference);
 - float32, extras only: the kernel writes the update and the tracks, nothing is reduced
@@ -21,10 +21,7 @@ numbers to quote (docs/diagnostics.md).
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +30,8 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optdsl  # noqa: E402
-from benchmarks.suite import parse_size, size_label  # noqa: E402
+from benchmarks import side_by_side  # noqa: E402
+from benchmarks.suite import size_label  # noqa: E402
 from optdsl.optim import Adam  # noqa: E402
 
 REFERENCE = "float32, diagnostics off"
@@ -69,49 +67,20 @@ def configurations(n: int, tensors: int, backend: str | None = None) -> dict[str
     }
 
 
-def measure(opts: dict[str, Adam], rounds: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per step of each optimizer, one sample per round, in alternating turns."""
-    names = list(opts)
-    for opt in opts.values():  # warm-up: compile, allocate state and plans
-        opt.step()
-        opt.step()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            step = opts[name].step
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            times[name].append((time.perf_counter() - start) / steps)
-    return times
-
-
 def table(times: dict[str, list[float]], backends: dict[str, str], n: int, tensors: int,
           rounds: int, steps: int) -> str:
-    ref = statistics.median(times[REFERENCE])
-    lines = [f"Adam, {size_label(n)} params in {tensors} flattened tensors, "
-             f"{optdsl.num_threads()} threads; median of {rounds} rounds of {steps} steps",
-             "", "| configuration | backend | ms / step | vs float32 off |",
-             "| --- | --- | ---: | ---: |"]
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        lines.append(f"| {name} | {backends[name]} | {median * 1e3:.2f} | {median / ref:.2f}x |")
-    return "\n".join(lines)
+    title = (f"Adam, {size_label(n)} params in {tensors} flattened tensors, "
+             f"{optdsl.num_threads()} threads; median of {rounds} rounds of {steps} steps")
+    return side_by_side.table(times, backends, title, REFERENCE, "vs float32 off")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=parse_size, default=4 << 20,
-                        help="parameters in all; K and M are 2**10 and 2**20 (default 4M)")
-    parser.add_argument("--tensors", type=int, default=8, help="tensors (default 8)")
-    parser.add_argument("--rounds", type=int, default=9, help="rounds (default 9)")
-    parser.add_argument("--steps", type=int, default=5, help="steps per round (default 5)")
-    parser.add_argument("--backend", default=None,
-                        help="optdsl backend (default: the best for each dtype; numba, where "
-                        "installed, takes float32 but not float16)")
+    parser = side_by_side.arguments(
+        __doc__.splitlines()[0], "optdsl backend (default: the best for each dtype; numba, "
+        "where installed, takes float32 but not float16)")
     args = parser.parse_args(argv)
     opts = configurations(args.n, args.tensors, args.backend)
-    times = measure(opts, args.rounds, args.steps)
+    times = side_by_side.measure(opts, args.rounds, args.steps)
     backends = {name: opt._plans[0].backend.name for name, opt in opts.items()}
     print(table(times, backends, args.n, args.tensors, args.rounds, args.steps))
     return 0

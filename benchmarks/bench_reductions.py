@@ -8,8 +8,8 @@ tensor. optdsl runs it in two passes over memory (docs/language.md, "Per-paramet
 values"): a reduce kernel that computes the direction and writes it to scratch, reduced in
 float64, with ``norm(p)`` read from p as loaded; then the update kernel. Each configuration
 has its own params (``--tensors`` tensors, ``--n`` float32 elements in all, flattened into
-one buffer). The configurations take turns, every round times ``--steps`` steps of each in
-a rotated order, and the median over rounds is reported:
+one buffer). The configurations take turns (``benchmarks/side_by_side.py``), and the
+median over rounds is reported:
 
 - Adam: one fused kernel launch per group and step (the reference);
 - LAMB: its reduce pass and update, tensor by tensor;
@@ -21,10 +21,7 @@ The ratios are the numbers to quote; absolute times depend on the machine and it
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +30,8 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optdsl  # noqa: E402
-from benchmarks.suite import parse_size, size_label  # noqa: E402
+from benchmarks import side_by_side  # noqa: E402
+from benchmarks.suite import size_label  # noqa: E402
 from optdsl.optim import LAMB, Adam  # noqa: E402
 
 REFERENCE = "Adam (one fused pass)"
@@ -80,23 +78,6 @@ def configurations(n: int, tensors: int, backend: str | None = None) -> dict:
     }
 
 
-def measure(opts: dict, rounds: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per step of each optimizer, one sample per round, in alternating turns."""
-    names = list(opts)
-    for opt in opts.values():  # warm-up: compile, allocate state and plans
-        opt.step()
-        opt.step()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            step = opts[name].step
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            times[name].append((time.perf_counter() - start) / steps)
-    return times
-
-
 def backend_of(opt) -> str:
     if isinstance(opt, NumpyLamb):
         return "-"
@@ -107,28 +88,17 @@ def backend_of(opt) -> str:
 
 def table(times: dict[str, list[float]], backends: dict[str, str], n: int, tensors: int,
           rounds: int, steps: int) -> str:
-    ref = statistics.median(times[REFERENCE])
-    lines = [f"{size_label(n)} float32 params in {tensors} flattened tensors, "
-             f"{optdsl.num_threads()} threads; median of {rounds} rounds of {steps} steps",
-             "", "| configuration | backend | ms / step | vs Adam |",
-             "| --- | --- | ---: | ---: |"]
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        lines.append(f"| {name} | {backends[name]} | {median * 1e3:.2f} | {median / ref:.2f}x |")
-    return "\n".join(lines)
+    title = (f"{size_label(n)} float32 params in {tensors} flattened tensors, "
+             f"{optdsl.num_threads()} threads; median of {rounds} rounds of {steps} steps")
+    return side_by_side.table(times, backends, title, REFERENCE, "vs Adam")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=parse_size, default=4 << 20,
-                        help="parameters in all; K and M are 2**10 and 2**20 (default 4M)")
-    parser.add_argument("--tensors", type=int, default=8, help="tensors (default 8)")
-    parser.add_argument("--rounds", type=int, default=9, help="rounds (default 9)")
-    parser.add_argument("--steps", type=int, default=5, help="steps per round (default 5)")
-    parser.add_argument("--backend", default=None, help="optdsl backend (default: the best)")
+    parser = side_by_side.arguments(__doc__.splitlines()[0],
+                                    "optdsl backend (default: the best)")
     args = parser.parse_args(argv)
     opts = configurations(args.n, args.tensors, args.backend)
-    times = measure(opts, args.rounds, args.steps)
+    times = side_by_side.measure(opts, args.rounds, args.steps)
     backends = {name: backend_of(opt) for name, opt in opts.items()}
     print(table(times, backends, args.n, args.tensors, args.rounds, args.steps))
     return 0
