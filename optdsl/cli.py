@@ -209,8 +209,16 @@ def cmd_show(args) -> int:
     path = _default_path(spec)
     print(f"{rule}\nIR after the passes (default hypers, t=1; path {path})\n{rule}")
     print(spec.program(path))
-    print(f"{rule}\nkernel ({args.backend})\n{rule}")
-    print(spec.kernel(get_backend(args.backend), path).source, end="")
+    kernel = spec.kernel(get_backend(args.backend), path)
+    for i, stage in enumerate(kernel.stages, 1):  # a rule with reductions: optdsl.stages
+        reduced = ", ".join(f"reduce:{r.key} = {r.kind}({r.source})" for r in stage.reductions)
+        print(f"{rule}\nreduce pass {i} of {len(kernel.stages)} ({args.backend}): "
+              f"{reduced}\n{rule}")
+        print(stage.kernel.source if stage.kernel is not None
+              else "(no kernel: it reduces buffers as they are loaded)\n", end="")
+    update = "update kernel" if kernel.stages else "kernel"
+    print(f"{rule}\n{update} ({args.backend})\n{rule}")
+    print(kernel.source, end="")
     return 0
 
 

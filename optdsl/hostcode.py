@@ -225,22 +225,23 @@ def _render_decide_block(stmts, r: _AstRenderer, tensors: set[str], out: list[st
 
 def render_host_args(program: Program) -> list[str]:
     """The lines of ``def host_args(h, t)`` for a hoisted program; with scalar states,
-    also ``def scalar_outputs(h, t)``, their new values (``h`` holds the per-parameter
-    values: see optdsl.stages)."""
+    also ``def host_step(h, t)``: the same arguments and the scalar states' new values, in
+    one pass over the prologue (``h`` holds the per-parameter values: see optdsl.stages)."""
     out = _host_function(program, "host_args",
                          "The kernel's scalar arguments for this step, in float64.",
                          program.kernel_args, None)
     if program.scalar_outputs:
         names = tuple(name for name, _ in program.scalar_outputs)
-        out += [""] + _host_function(program, "scalar_outputs",
-                                     "The scalar states' new values, in float64.",
+        out += [""] + _host_function(program, "host_step",
+                                     "The kernel's scalar arguments, and the scalar states' "
+                                     "new values, in float64.",
                                      tuple(v for _, v in program.scalar_outputs), names)
     return out
 
 
 def _host_function(program: Program, name: str, doc: str, returns, keys) -> list[str]:
-    """``def NAME(h, t)``: the host prologue, returning ``returns`` as a tuple, or as a
-    dict with ``keys`` (scalar state names)."""
+    """``def NAME(h, t)``: the host prologue, returning ``returns`` as a tuple; with
+    ``keys`` (scalar state names), the kernel arguments and a dict of ``returns``."""
     notes = dict(program.notes)
     out = [f"def {name}(h, t):", f'    """{doc}"""']
     names, last = {}, None
@@ -283,7 +284,8 @@ def _host_function(program: Program, name: str, doc: str, returns, keys) -> list
         ret = "".join(f"{names[v.id]}, " for v in returns)
         out.append(f"    return ({ret})")
     else:
+        args = "".join(f"{names[v.id]}, " for v in program.kernel_args)
         ret = "".join(f"{quoted_ident(k)}: {names[v.id]}, " for k, v in zip(keys, returns,
                                                                            strict=True))
-        out.append(f"    return {{{ret}}}")
+        out.append(f"    return ({args}), {{{ret}}}")
     return out

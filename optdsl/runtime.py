@@ -925,9 +925,11 @@ class Optimizer:
     def _kernel_args(self, kernel, values: dict, t: int, dtype: np.dtype,
                      backend: Backend) -> tuple:
         """``kernel``'s scalar arguments, in the dtype it computes in."""
+        return self._cast_args(kernel.host_args(values, t), dtype, backend)
+
+    def _cast_args(self, args: tuple, dtype: np.dtype, backend: Backend) -> tuple:
         scalar = backend.math_dtype(self._compute_for(dtype)).type
-        return tuple(scalar(a) if isinstance(a, np.floating) else a
-                     for a in kernel.host_args(values, t))
+        return tuple(scalar(a) if isinstance(a, np.floating) else a for a in args)
 
     def _per_param(self, kernel, values: dict, t: int, p: Any, layout: _Layout,
                    span: tuple[int, int], flat_p: Any, flat_g: Any, dtype: np.dtype,
@@ -1003,17 +1005,20 @@ class Optimizer:
         off, n, _ = layout.offsets[id(p)]
         extra = self._extra_layout(index, layout, kernel)
         buffers, mirror = _kernel_buffers(kernel, layout, off, off + n, flat_p, flat_g, extra)
-        h = None
+        scalars: dict = {}
         if args is None:  # per-parameter values: reduce stages, scalar states
             h = self._per_param(kernel, values, t, p, layout, (off, off + n), flat_p, flat_g,
                                 dtype, backend)
-            args = self._kernel_args(kernel, h, t, dtype, backend)
+            if kernel.host_step is not None:  # the arguments and the scalar states, at once
+                args, scalars = kernel.host_step(h, t)
+                args = self._cast_args(args, dtype, backend)
+            else:
+                args = self._kernel_args(kernel, h, t, dtype, backend)
         self._launch(kernel, backend, n, buffers, args, dtype, mirror)
         if not contiguous:
             data[...] = flat_p.reshape(data.shape)
-        if kernel.scalar_outputs is not None:
-            for name, value in kernel.scalar_outputs(h, t).items():
-                st[name] = np.array(value, np.float64)
+        for name, value in scalars.items():
+            st[name] = np.array(value, np.float64)
         st["step"] = t
 
     def _prepare_state(self, index, p, values, enabled, kernel) -> _Layout:

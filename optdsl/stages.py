@@ -132,8 +132,9 @@ def _live(program: Program, outputs: tuple[tuple[str, Var], ...]) -> Program:
     return program.with_(body=tuple(reversed(body)), outputs=outputs, scalar_outputs=())
 
 
-# Elements a NumPy reduction widens to float64 at a time.
-_CHUNK = 131072
+# Elements a NumPy reduction widens to float64 at a time (optdsl.backend.numba_reduce
+# sums the same chunks, for the same result).
+CHUNK = 131072
 
 
 def reduce_values(kind: str, x: Any) -> float:
@@ -156,8 +157,8 @@ def reduce_values(kind: str, x: Any) -> float:
     # No BLAS (ndarray.dot): OpenBLAS's threads spin after a call, and on a small
     # machine they then slow the next numba kernel's threads down several times over.
     total = 0.0
-    for lo in range(0, n, _CHUNK):
-        part = x[lo:lo + _CHUNK].astype(np.float64)  # a copy: squared in place below
+    for lo in range(0, n, CHUNK):
+        part = x[lo:lo + CHUNK].astype(np.float64)  # a copy: squared in place below
         if kind == "sumsq":
             np.multiply(part, part, out=part)
         total += float(part.sum())

@@ -153,6 +153,21 @@ def test_show_prints_spec_ir_and_kernel(capsys):
     assert "optimizer Adam" in out and "program Adam" in out and "def kernel(" in out
 
 
+def test_show_prints_the_reduce_passes_before_the_update(capsys):
+    """LAMB's reduce pass computes its direction (a kernel), and reads p as loaded; LARS's
+    reduces p and g as loaded (no kernel)."""
+    assert main(["show", "LAMB"]) == 0
+    out = capsys.readouterr().out
+    assert "reduce pass 1 of 1 (numpy): reduce:r0 = sumsq(p), reduce:r1 = sumsq(red:r1)" in out
+    assert out.index("reduce pass 1") < out.index("update kernel (numpy)")
+    assert out.count("def kernel(") == 2
+    assert main(["show", "LARS"]) == 0
+    out = capsys.readouterr().out
+    assert "reduce:r0 = sumsq(p), reduce:r1 = sumsq(g)" in out
+    assert "(no kernel: it reduces buffers as they are loaded)" in out
+    assert out.count("def kernel(") == 1
+
+
 def test_show_unknown_name_is_a_clean_error(capsys):
     assert main(["show", "Adamm"]) == 1
     assert "not a stdlib optimizer" in capsys.readouterr().err

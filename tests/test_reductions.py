@@ -99,7 +99,7 @@ def test_the_stages_are_the_fewest_passes(Trust):
     assert sorted(r.kind for r in second.reductions) == ["maxabs", "sum", "sumsq"]
     assert len({r.source for r in second.reductions}) == 1
     assert second.kernel.outputs == (second.reductions[0].source,)
-    assert kernel.scalar_outputs is not None and "reduce:" in kernel.source
+    assert kernel.host_step is not None and "reduce:" in kernel.source
 
 
 def test_a_reduction_of_a_reduction_is_a_second_stage():
@@ -127,8 +127,8 @@ def test_a_spec_without_reductions_compiles_as_before():
     spec = optim.Adam._spec
     assert not spec.reduces and not spec.per_parameter
     kernel = spec.kernel(get("numpy"), spec.paths()[0])
-    assert kernel.stages == () and kernel.scalar_outputs is None
-    assert "reduce" not in kernel.source and "scalar_outputs" not in kernel.source
+    assert kernel.stages == () and kernel.host_step is None
+    assert "reduce" not in kernel.source and "host_step" not in kernel.source
 
 
 def test_the_ir_prints_reductions_and_scalar_outputs(Trust):
@@ -374,12 +374,14 @@ def test_other_backends_match_numpy(Trust, name, request):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backend_reductions_agree_with_numpy_and_keep_nans(dtype):
     """Every CPU backend's reduce(): sum, sum of squares and max |x| in float64, to
-    rounding of NumPy's float64 ones, over sizes below and above numba's parallel
-    threshold; a nan anywhere makes maxabs nan, as np.max does; empty gives 0."""
+    rounding of NumPy's float64 ones, and bit for bit as optdsl.stages.reduce_values
+    (numba sums the same chunks in parallel, pairwise as NumPy does), over sizes below
+    and above numba's parallel threshold and one chunk; a nan anywhere makes maxabs nan,
+    as np.max does; empty gives 0."""
     from optdsl.stages import reduce_values
 
     rng = np.random.default_rng(3)
-    for n in (0, 1, 1000, 200_003):
+    for n in (0, 1, 1000, 131_072, 200_003, 524_288):
         x = rng.standard_normal(n).astype(dtype)
         wide = x.astype(np.float64)
         want = {"sum": wide.sum(), "sumsq": (wide * wide).sum(),
@@ -388,6 +390,7 @@ def test_backend_reductions_agree_with_numpy_and_keep_nans(dtype):
             for kind, value in want.items():
                 got = get(name).reduce(kind, x)
                 assert got == pytest.approx(value, rel=1e-12, abs=1e-12), (name, kind, n)
+                assert got == reduce_values(kind, x), (name, kind, n)
             assert reduce_values("sumsq", x) == pytest.approx(want["sumsq"], rel=1e-12)
         if n > 1:
             x[n // 2] = np.nan

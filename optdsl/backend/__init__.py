@@ -38,8 +38,10 @@ class Kernel:
     # launcher ``launch(args)`` to call every step while those buffers stay the same.
     many: Callable[[list], Callable[[tuple], None]] | None = field(default=None,
                                                                    compare=False)
-    # Specs with scalar states: ``scalar_outputs(h, t)``, their new values (a dict).
-    scalar_outputs: Callable[[dict, int], dict] | None = field(default=None, compare=False)
+    # Specs with scalar states: ``host_step(h, t)``, ``host_args``'s arguments and the
+    # scalar states' new values (a dict), from one run of the prologue.
+    host_step: Callable[[dict, int], tuple[tuple, dict]] | None = field(default=None,
+                                                                        compare=False)
     # Specs with reductions: the reduce stages that run before this kernel, each an
     # ``optdsl.stages.ReduceStage`` with its own kernel (see optdsl.stages).
     stages: tuple = field(default=(), compare=False)

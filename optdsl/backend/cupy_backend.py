@@ -206,10 +206,10 @@ class CupyBackend(Backend):
     def build(self, source: str, name: str) -> Kernel:
         module = load_module(source, name)
         runner = _Runner(module)
-        scalars = getattr(module, "scalar_outputs", None)
+        step = getattr(module, "host_step", None)
         return Kernel(source, _quiet(module.host_args), runner, module.BUFFERS,
                       module.OUTPUTS, module.SCRATCH, runner.stats, many=runner.many,
-                      scalar_outputs=_quiet(scalars) if scalars else None)
+                      host_step=_quiet(step) if step else None)
 
 
 def _nothing(args: tuple) -> None:

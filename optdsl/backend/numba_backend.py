@@ -211,10 +211,10 @@ class NumbaBackend(Backend):
     def build(self, source: str, name: str) -> Kernel:
         module = _load(source)
         stats: dict[str, Any] = {"compile_seconds": {}, "cache_hit": False}
-        scalars = getattr(module, "scalar_outputs", None)
+        step = getattr(module, "host_step", None)
         return Kernel(source, quiet(module.host_args), _runner(module, stats), module.BUFFERS,
                       module.OUTPUTS, module.SCRATCH, stats,
-                      scalar_outputs=quiet(scalars) if scalars else None)
+                      host_step=quiet(step) if step else None)
 
 
 # --- loading: from a file numba can cache against, else from text ------------------------

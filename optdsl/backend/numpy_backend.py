@@ -109,10 +109,10 @@ class NumpyBackend(Backend):
         namespace: dict[str, Any] = {"__name__": f"optdsl.generated.{name}"}
         exec(compile(source, f"<optdsl {name}>", "exec"), namespace)  # noqa: S102
         run = namespace["kernel"]
-        scalars = namespace.get("scalar_outputs")
+        step = namespace.get("host_step")
         return Kernel(source, quiet(namespace["host_args"]), run, namespace["BUFFERS"],
                       namespace["OUTPUTS"], namespace["SCRATCH"],
-                      scalar_outputs=quiet(scalars) if scalars else None)
+                      host_step=quiet(step) if step else None)
 
 
 register(NumpyBackend())
