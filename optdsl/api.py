@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .compiler import CompiledSpec, load_spec, read_source
 from .hypers import HyperInfo
 from .runtime import Optimizer
@@ -49,6 +51,9 @@ def _docstring(spec: CompiledSpec) -> str:
     if spec.spec.scalars:
         lines += ["", "Scalar state (one number per parameter):"]
         lines += [f"    {s.name}" for s in spec.spec.scalars]
+    if spec.spec.factored:
+        lines += ["", "Factored state (of parameters with 2 or more dimensions):"]
+        lines += [f"    {s.name} ({s.kind})" for s in spec.spec.factored]
     for req in spec.spec.requires:
         lines.append(f"Requires: {req.message}")
     if spec.kind == "optimizer":
@@ -59,14 +64,26 @@ def _docstring(spec: CompiledSpec) -> str:
     return "\n".join(lines)
 
 
-def state_bytes_per_param(spec: CompiledSpec, itemsize: int = 4, **hypers: Any) -> int:
-    """Bytes of elementwise state per parameter element under the given (default) hypers
-    (scalar states, one float64 per tensor, are :func:`scalar_state_bytes`)."""
+def state_bytes_per_param(spec: CompiledSpec, itemsize: int = 4, *, factored: bool = False,
+                          **hypers: Any) -> int:
+    """Bytes of elementwise state per parameter element under the given (default) hypers,
+    of a parameter with fewer than 2 dimensions (``factored``: with 2 or more). Scalar
+    states are :func:`scalar_state_bytes`, row and column states
+    :func:`factored_state_bytes`."""
     from .hypers import resolve
 
     values = resolve(spec.hypers, hypers, spec.name)
-    enabled = spec.host["state_enabled"](values)
+    enabled = spec.host["state_enabled"]({**values, "factored": factored})
     return itemsize * sum(1 for v in enabled.values() if v)
+
+
+def factored_state_bytes(spec: CompiledSpec, shape: tuple[int, ...], itemsize: int = 4) -> int:
+    """Bytes of row and column state of a parameter of ``shape`` (2 or more dimensions):
+    Adafactor's row_var and col_var hold 4 (R + C) bytes for an R x C float32 matrix."""
+    from .runtime import factored_shape
+
+    return itemsize * sum(int(np.prod(factored_shape(d.kind, shape)))
+                          for d in spec.spec.factored)
 
 
 def scalar_state_bytes(spec: CompiledSpec) -> int:
@@ -74,7 +91,8 @@ def scalar_state_bytes(spec: CompiledSpec) -> int:
     return 8 * len(spec.spec.scalars)
 
 
-__all__ = ["compile", "make_class", "HyperInfo", "state_bytes_per_param", "scalar_state_bytes"]
+__all__ = ["compile", "make_class", "HyperInfo", "state_bytes_per_param", "scalar_state_bytes",
+           "factored_state_bytes"]
 
 
 class StdlibModule:

@@ -25,12 +25,16 @@ from . import syntax as S
 from .errors import CheckError, Diagnostic, HyperError, Span
 from .hypers import REQUIRED, HyperInfo, coerce
 from .ir import (
+    COL,
     CONSTANTS,
+    FACTORED,
     FUNCTIONS,
     HOST,
     HOST_BOOL,
     HOST_FLOAT,
     REDUCTIONS,
+    ROW,
+    TENSOR,
     TENSOR_FLOAT,
     Type,
     TypeRuleError,
@@ -39,7 +43,11 @@ from .ir import (
 )
 from .parse_errors import KEYWORDS
 
-OPTIMIZER_BUILTINS = {"p": TENSOR_FLOAT, "g": TENSOR_FLOAT, "t": HOST_FLOAT}
+OPTIMIZER_BUILTINS = {"p": TENSOR_FLOAT, "g": TENSOR_FLOAT, "t": HOST_FLOAT,
+                      # p has 2 or more dimensions (decided per parameter; see factored
+                      # states), and the machine epsilon of p's dtype (a per-parameter value)
+                      "factored": HOST_BOOL, "dtype_eps": HOST_FLOAT}
+FACTORED_FACT = S.Name("factored")
 # A schedule runs on the host: the epoch, the group's base lr, the metric given to
 # step(metric), and the group values it may read and assign.
 SCHEDULE_BUILTINS = {"epoch": HOST_FLOAT, "base_lr": HOST_FLOAT, "metric": HOST_FLOAT,
@@ -146,9 +154,8 @@ def check_declarations(spec: S.Spec) -> tuple[list[Diagnostic], dict[str, HyperI
     reserved = set(_builtin_names(spec)) | set(_functions(spec)) | set(CONSTANTS) \
         | set(SCHEDULE_FUNCTIONS)
     hypers: dict[str, HyperInfo] = {}
-    for decl in (*spec.hypers, *spec.states, *spec.scalars, *spec.groups):
-        kind = {S.HyperDecl: "hyper", S.StateDecl: "state", S.ScalarStateDecl: "state",
-                S.GroupDecl: "group"}[type(decl)]
+    for decl in (*spec.hypers, *spec.states, *spec.scalars, *spec.factored, *spec.groups):
+        kind = {S.HyperDecl: "hyper", S.GroupDecl: "group"}.get(type(decl), "state")
         if isinstance(decl, S.GroupDecl) and spec.kind != "schedule":
             fail(decl.span, "'group' declarations are for schedules",
                  "an optimizer reads its group's values as hypers")
@@ -285,6 +292,7 @@ class _Scope:
         self.hypers = hypers
         self.states = {s.name: s for s in spec.states}
         self.scalars = {s.name: s for s in spec.scalars}
+        self.factored = {s.name: s for s in spec.factored}
         # Locals whose value is per parameter (it reads a scalar state or a reduction):
         # a host value, but one the runtime knows only while stepping each parameter.
         self.perparam: set[str] = set()
@@ -305,6 +313,7 @@ class _Scope:
     def visible(self) -> set[str]:
         names = set(self.hypers) | set(CONSTANTS) | set(self.env)
         names |= set(self.builtins) | set(self.states) | set(self.groups) | set(self.scalars)
+        names |= set(self.factored)
         if self.allowed is not None:
             names &= self.allowed
         return names
@@ -313,7 +322,7 @@ class _Scope:
         name = node.id
         if self.allowed is not None and name not in self.allowed and (
                 name in self.builtins or name in self.states or name in self.env
-                or name in self.groups or name in self.scalars):
+                or name in self.groups or name in self.scalars or name in self.factored):
             raise _Fail(node.span, f"{name!r} cannot be used here",
                         "only hypers, constants and p are allowed" if "p" in self.allowed
                         else "only hypers, constants and epoch are allowed"
@@ -334,6 +343,10 @@ class _Scope:
             return TENSOR_FLOAT if self.spec.kind == "optimizer" else HOST_FLOAT
         if name in self.scalars:
             return HOST_FLOAT
+        if name in self.factored:
+            decl = self.factored[name]
+            self.need_factored(node.span, f"{decl.kind} state {name!r}")
+            return Type(decl.kind, "float")
         if name in self.groups:
             self._check_group_cond(self.groups[name], node.span, "use")
             return HOST_FLOAT
@@ -439,6 +452,8 @@ class _Scope:
         n = len(e.args)
         if e.func in REDUCTIONS:
             return self._reduction(e)
+        if e.func in FACTORED:
+            return self._factored_mean(e)
         if n < lo or (hi is not None and n > hi):
             if lo == hi:
                 want = f"{lo} argument" + ("s" if lo != 1 else "")
@@ -478,11 +493,32 @@ class _Scope:
             raise _Fail(e.args[0].span, f"{e.func}() reduces numbers, not {_describe(t)}",
                         "turn a condition into numbers with where(cond, 1, 0)"
                         if t.elem == "bool" else None)
+        if t.is_factored:  # over each matrix's rows (columns): a row (column) value
+            return t
         if not t.is_tensor:
             raise _Fail(e.args[0].span, f"{e.func}() reduces an elementwise value over the "
                         "parameter, but this is a host scalar",
                         "reduce an expression of p, g or a state, e.g. norm(p)")
         return HOST_FLOAT
+
+    def need_factored(self, span: Span, what: str) -> None:
+        if not _conjuncts(FACTORED_FACT) <= self.facts:
+            raise _Fail(span, f"{what} exists only for parameters with 2 or more dimensions",
+                        "use it inside 'if factored:'")
+
+    def _factored_mean(self, e: S.Call) -> Type | None:
+        """``row_mean(x)``, ``col_mean(x)``: an elementwise number in, a row (column)
+        value out, for a parameter with 2 or more dimensions."""
+        if self.allowed is not None:
+            raise _Fail(e.func_span, f"{e.func}() cannot be used in declarations")
+        self.need_factored(e.func_span, f"{e.func}()")
+        t = self.type_of(e.args[0])
+        if t is None:
+            return None
+        if t.elem != "float" or not t.is_tensor:
+            raise _Fail(e.args[0].span, f"{e.func}() takes an elementwise number, not "
+                        f"{_describe(t)}")
+        return Type(FACTORED[e.func], "float")
 
     def per_parameter(self, e: S.Expr) -> str | None:
         """What makes ``e`` a per-parameter value (a scalar state, a reduction or a local
@@ -496,6 +532,8 @@ class _Scope:
             if isinstance(node, S.Name) and node.id in self.scalars \
                     and node.id not in self.env:
                 return f"scalar state {node.id!r}"
+            if isinstance(node, S.Name) and node.id == "dtype_eps" and node.id not in self.env:
+                return "dtype_eps"
         return None
 
     def _schedule_call(self, e: S.Call) -> Type | None:
@@ -516,8 +554,9 @@ class _Scope:
         t = self.type_of(e)
         if t is None:
             return None
-        if t.is_tensor:
-            raise _Fail(e.span, f"{what} must be a host value, but this is elementwise",
+        if t.kind != HOST:
+            shown = {ROW: "a row value", COL: "a column value"}.get(t.kind, "elementwise")
+            raise _Fail(e.span, f"{what} must be a host value, but this is {shown}",
                         "an 'if' picks one kernel per step; use where(cond, a, b) "
                         "for an elementwise choice")
         if t.elem not in ("bool", "float"):
@@ -544,7 +583,8 @@ def _describe(t: Type) -> str:
         return f"a tuple of {t.n}" if t.n >= 0 else "a tuple"
     if t.elem == "str":
         return "a string"
-    return f"{'an elementwise' if t.is_tensor else 'a host'} {t.elem}"
+    kind = {TENSOR: "an elementwise", ROW: "a row", COL: "a column"}.get(t.kind, "a host")
+    return f"{kind} {t.elem}"
 
 
 def _show(expr: S.Expr) -> str:
@@ -587,11 +627,12 @@ def check_states(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]
                 raise _Fail(decl.cond.span, "a schedule's state cannot be conditional",
                             "give it a value in every case instead")
             if decl.cond is not None:
-                cond_scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS))
+                allowed = set(hypers) | set(CONSTANTS) | ({"factored"} if not schedule else set())
+                cond_scope = _Scope(spec, hypers, allowed=allowed)
                 cond_scope.condition(decl.cond, "a state's condition")
         except _Fail as exc:
             diags.append(Diagnostic(spec.source, exc.span, exc.message, exc.hint))
-    for decl in spec.scalars:
+    for decl in (*spec.scalars, *spec.factored):
         try:
             if schedule:
                 raise _Fail(decl.span, "a schedule's states are scalars already",
@@ -599,7 +640,8 @@ def check_states(spec: S.Spec, hypers: dict[str, HyperInfo]) -> list[Diagnostic]
             scope = _Scope(spec, hypers, allowed=set(hypers) | set(CONSTANTS))
             t = scope.type_of(decl.init)
             if t is not None and t.elem != "float":
-                raise _Fail(decl.init.span, f"scalar state {decl.name!r} must start as a "
+                what = "scalar" if isinstance(decl, S.ScalarStateDecl) else decl.kind
+                raise _Fail(decl.init.span, f"{what} state {decl.name!r} must start as a "
                             f"number, got {_describe(t)}")
         except _Fail as exc:
             diags.append(Diagnostic(spec.source, exc.span, exc.message, exc.hint))
@@ -702,7 +744,7 @@ def _check_block(stmts, scope: _Scope, diags: list[Diagnostic]) -> None:
             if isinstance(stmt, S.Assign):
                 for name in stmt.targets:  # poison the names so later uses don't cascade
                     if name not in scope.states and name not in scope.builtins \
-                            and name not in scope.scalars:
+                            and name not in scope.scalars and name not in scope.factored:
                         scope.env[name] = _Binding(None, True, stmt.span.line)
 
 
@@ -738,10 +780,10 @@ def _check_assign(stmt: S.Assign, scope: _Scope) -> None:
     for name, span, t in zip(targets, spans, types, strict=False):
         _check_target(name, span, t, scope)
         if name in scope.states or name in scope.builtins or name in scope.groups \
-                or name in scope.scalars:
+                or name in scope.scalars or name in scope.factored:
             continue
         scope.env[name] = _Binding(t, True, span.line)
-        if perparam and t is not None and not t.is_tensor:
+        if perparam and t is not None and t.kind == HOST:
             scope.perparam.add(name)
         else:
             scope.perparam.discard(name)
@@ -800,10 +842,23 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
         scope._check_group_cond(scope.groups[name], span, "assign")
     if t is None:
         return
+    if name in scope.factored:
+        decl = scope.factored[name]
+        scope.need_factored(span, f"{decl.kind} state {name!r}")
+        if t.elem != "float":
+            raise _Fail(span, f"{decl.kind} state {name!r} must hold a number, not "
+                        f"{_describe(t)}")
+        if t.kind not in (HOST, decl.kind):
+            raise _Fail(span, f"{decl.kind} state {name!r} holds a value per "
+                        f"{'row' if decl.kind == ROW else 'column'}, but this is "
+                        f"{_describe(t)}",
+                        "reduce it with row_mean(...)" if decl.kind == ROW
+                        else "reduce it with col_mean(...)")
+        return
     if name in scope.scalars:
         if t.elem != "float":
             raise _Fail(span, f"scalar state {name!r} must hold a number, not {_describe(t)}")
-        if t.is_tensor:
+        if t.kind != HOST:
             raise _Fail(span, f"scalar state {name!r} holds one number per parameter, but "
                         "this value is elementwise",
                         "reduce it to one number first, e.g. mean(...) or norm(...)")
@@ -818,7 +873,7 @@ def _check_target(name: str, span: Span, t: Type | None, scope: _Scope) -> None:
             raise _Fail(span, f"{name!r} must hold numbers, not {_describe(t)}",
                         "turn a condition into numbers with where(cond, a, b)"
                         if t.elem == "bool" else None)
-        if not t.is_tensor:
+        if t.kind == HOST:
             raise _Fail(span, f"{name!r} is elementwise but this value is a host scalar",
                         f"write an expression of p, g or a state, e.g. '{name} = "
                         f"{name} * 0 + value'")
@@ -849,6 +904,10 @@ def _check_if(stmt: S.If, scope: _Scope, diags: list[Diagnostic]) -> None:
     if len(conds) == 1 and isinstance(conds[0], S.Unary) and conds[0].op == "not":
         scope.facts = before_facts | _conjuncts(conds[0].operand)
     if stmt.orelse is not None:
+        if len(conds) == 1:  # the else of 'if c:' knows 'not c' (and of 'if not c:', c)
+            negated = conds[0].operand if isinstance(conds[0], S.Unary) \
+                and conds[0].op == "not" else S.Unary("not", conds[0])
+            scope.facts = before_facts | _conjuncts(negated)
         _check_block(stmt.orelse, scope, diags)
     outcomes.append(scope.env)
     # Merge: a name is definite after the if only if every path defines it.

@@ -750,7 +750,7 @@ def _plan_optimizer(ckpt: _Checkpoint, opt: Any, where: str, by: str, strict: bo
             saved_group[j] = gi
     match = _match(where, "param", saved, [(_param_name(p), p.data) for p in live_params],
                    by, strict, missing_ok=True)
-    states = {s.name for s in (*spec.spec.states, *spec.spec.scalars)}
+    states = {s.name for s in (*spec.spec.states, *spec.spec.scalars, *spec.spec.factored)}
     state: dict[int, dict[str, Any]] = {}
     for i, j in match.pairs:
         entry = saved[j]

@@ -117,12 +117,17 @@ class CatalogueEntry(NamedTuple):
     state_bytes: int  # per fp32 parameter; a conditional state counts if the defaults enable it
     reference: str  # what tests/stdlib checks it against: "torch 2.13", "optax", "the paper"
     scalar_bytes: int = 0  # per parameter tensor: 8 per scalar state (a float64 on the host)
+    # of a parameter with 2 or more dimensions, when it differs: e.g. "4 (R + C) per R x C
+    # matrix" (Adafactor's row and column states)
+    matrix_state: str = ""
 
     @property
     def state(self) -> str:
-        """``8`` or, with scalar states, ``4 + 8 per tensor``."""
+        """``8``; with scalar states, ``4 + 8 per tensor``; with factored ones,
+        ``4, or 4 (R + C) per R x C matrix``."""
         extra = f" + {self.scalar_bytes} per tensor" if self.scalar_bytes else ""
-        return f"{self.state_bytes}{extra}"
+        matrix = f", or {self.matrix_state}" if self.matrix_state else ""
+        return f"{self.state_bytes}{extra}{matrix}"
 
 
 # The first parenthesis with a year in it: "Adam (Kingma & Ba, 2015), ..." -> Kingma & Ba, 2015
@@ -155,8 +160,22 @@ def catalogue() -> list[CatalogueEntry]:
         paper = cited.group(1) if cited else doc.split(". ", 1)[0]
         lines = len((data_dir("stdlib") / file).read_text().splitlines())
         entries.append(CatalogueEntry(name, file, paper, lines, state_bytes_per_param(spec),
-                                      _reference(doc), scalar_state_bytes(spec)))
+                                      _reference(doc), scalar_state_bytes(spec),
+                                      _matrix_state(spec)))
     return entries
+
+
+def _matrix_state(spec) -> str:
+    """What a spec with row and column states keeps for an R x C float32 matrix."""
+    from .api import state_bytes_per_param
+
+    if not spec.spec.factored:
+        return ""
+    rows = sum(d.kind == "row" for d in spec.spec.factored)
+    cols = len(spec.spec.factored) - rows
+    whole = state_bytes_per_param(spec, factored=True)
+    parts = [f"{4 * rows} (R + C)" if rows == cols else f"{4 * rows} R + {4 * cols} C"]
+    return " + ".join(([f"{whole}"] if whole else []) + parts) + " per R x C matrix"
 
 
 def cmd_list(args) -> int:

@@ -39,8 +39,9 @@ def compile_kernel(spec: CompiledSpec, path: DecisionPath, backend: Backend,
     key = (spec.spec_hash, backend.name, repr(path), *([repr(extras)] if extras else []))
     k = cache.key(*key)
     stages: tuple[ReduceStage, ...] = ()
-    if spec.reduces:
-        stages, final = split(lower_with_extras(spec.checked, path, extras))
+    factored = None
+    if spec.staged:
+        stages, final, factored = split(lower_with_extras(spec.checked, path, extras))
 
         def render() -> str:
             return backend.render(passes.run(final), kind=spec.kind, path=path)
@@ -53,6 +54,8 @@ def compile_kernel(spec: CompiledSpec, path: DecisionPath, backend: Backend,
     kernel = backend.build(source, f"{spec.name}_{k[:8]}")  # source -> callable
     if stages:  # the reduce stages' kernels, rendered and built the same way
         kernel = replace(kernel, stages=_build_stages(spec, stages, backend, path, key))
+    if factored is not None:
+        kernel = replace(kernel, factored=factored)
     return kernel
 
 
@@ -106,10 +109,29 @@ class CompiledSpec:
         return _uses_reductions(self.checked.spec.body)
 
     @cached_property
+    def staged(self) -> bool:
+        """Whether a step splits into passes (optdsl.stages): reductions, or row and column
+        values (factored states)."""
+        return self.reduces or bool(self.checked.spec.factored)
+
+    @cached_property
+    def uses_factored(self) -> bool:
+        """Whether the rule reads ``factored``, which is decided per parameter."""
+        from . import syntax as S
+
+        return "factored" in _names_read(self.checked.spec) or any(
+            isinstance(n, S.Name) and n.id == "factored"
+            for s in self.checked.spec.states if s.cond is not None
+            for n in S.walk_expr(s.cond))
+
+    @cached_property
     def per_parameter(self) -> bool:
-        """Whether steps need per-parameter host values: reductions or scalar states. Such
-        a spec steps parameter by parameter (each with its own scalar arguments)."""
-        return self.reduces or bool(self.checked.spec.scalars)
+        """Whether steps need per-parameter host values: reductions, scalar or factored
+        states, ``factored`` or ``dtype_eps``. Such a spec steps parameter by parameter
+        (each with its own scalar arguments)."""
+        spec = self.checked.spec
+        return self.staged or bool(spec.scalars) or self.uses_factored \
+            or "dtype_eps" in _names_read(spec)
 
     @property
     def kind(self) -> str:
@@ -138,7 +160,7 @@ class CompiledSpec:
         """The optimised program of the update kernel of ``path`` (for a spec with
         reductions, the update after its reduce stages: see :mod:`optdsl.stages`)."""
         lowered = self.unoptimized(path, extras)
-        if self.reduces:
+        if self.staged:
             lowered = split(lowered)[1]
         return passes.run(lowered, skip=skip)
 
@@ -149,9 +171,15 @@ class CompiledSpec:
         return paths(self.checked.spec)
 
 
+def _names_read(spec) -> set[str]:
+    from .hostcode import _names_in
+
+    return _names_in(spec.body)
+
+
 def _uses_reductions(stmts) -> bool:
     from . import syntax as S
-    from .ir import REDUCTIONS
+    from .ir import FACTORED, REDUCTIONS
 
     for stmt in stmts:
         if isinstance(stmt, S.If):
@@ -159,7 +187,7 @@ def _uses_reductions(stmts) -> bool:
                     or _uses_reductions(stmt.orelse or ()):
                 return True
             continue
-        if any(isinstance(n, S.Call) and n.func in REDUCTIONS
+        if any(isinstance(n, S.Call) and (n.func in REDUCTIONS or n.func in FACTORED)
                for n in S.walk_expr(stmt.value)):
             return True
     return False

@@ -39,8 +39,8 @@ from .errors import OptdslError
 DEFAULT_LR = {"SGD": 0.1, "Adam": 1e-2, "AdamW": 1e-2, "RMSprop": 1e-3, "Adagrad": 0.1,
               "Adadelta": 10.0, "Lion": 1e-3, "AdaBelief": 3e-2, "Yogi": 3e-2,
               "Signum": 1e-3, "Adan": 3e-2, "AdEMAMix": 3e-2, "Adamax": 0.1, "RAdam": 3e-2,
-              "Rprop": 0.1, "NAdam": 3e-2, "ASGD": 0.5, "LAMB": 3e-3, "LARS": 2.0, "NovoGrad": 2e-2,
-              "ScheduleFreeAdamW": 0.1}
+              "Rprop": 0.1, "NAdam": 3e-2, "ASGD": 0.5, "Adafactor": 0.1, "LAMB": 3e-3,
+              "LARS": 2.0, "NovoGrad": 2e-2, "ScheduleFreeAdamW": 0.1}
 EPOCHS, SMALL_EPOCHS = 20, 3
 TEST_FRACTION = 0.25
 DEMO_EXTRA = "pip install 'optdsl[demo]'"

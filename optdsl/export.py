@@ -121,6 +121,8 @@ class ExportedSpec:
 
     # A module holds no spec with reductions or scalar states (render_module refuses one).
     reduces = False
+    staged = False
+    uses_factored = False
     per_parameter = False
 
     def kernel(self, backend: Backend, path: tuple[int, ...], extras=()) -> Kernel:
@@ -167,7 +169,7 @@ def build_class(name: str, kind: str, namespace: dict[str, Any]):
     requires = tuple(SimpleNamespace(message=m) for m in namespace["REQUIRE_MESSAGES"])
     spec = ExportedSpec(
         name, kind, hypers, SimpleNamespace(doc=namespace["DOC"], states=states,
-                                            scalars=(), requires=requires),
+                                            scalars=(), factored=(), requires=requires),
         namespace, "numpy", dict(namespace["KERNELS"]), namespace["SPEC_HASH"],
         filename=namespace.get("__file__") or name)
     return make_class(spec, module=namespace.get("__name__"))

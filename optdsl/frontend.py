@@ -146,7 +146,7 @@ class _ToAst(Transformer):
     def start(self, meta, children):
         kind, name, name_span = children[0]
         doc, hypers, states, requires, groups, body = "", [], [], [], [], None
-        scalars = []
+        scalars, factored = [], []
         for child in children[1:]:
             if isinstance(child, str):
                 doc = child
@@ -156,6 +156,8 @@ class _ToAst(Transformer):
                 states.append(child)
             elif isinstance(child, S.ScalarStateDecl):
                 scalars.append(child)
+            elif isinstance(child, S.FactoredStateDecl):
+                factored.append(child)
             elif isinstance(child, S.RequireDecl):
                 requires.append(child)
             elif isinstance(child, S.GroupDecl):
@@ -166,7 +168,8 @@ class _ToAst(Transformer):
             self._fail(name_span, f"{kind} {name!r} has no 'update:' block",
                        "add 'update:' after the declarations, with the rule indented below")
         return S.Spec(kind, name, doc, tuple(hypers), tuple(states), tuple(requires), body,
-                      self.source, _span(meta), name_span, tuple(groups), tuple(scalars))
+                      self.source, _span(meta), name_span, tuple(groups), tuple(scalars),
+                      tuple(factored))
 
     def header(self, meta, children):
         kind, name = children
@@ -208,14 +211,19 @@ class _ToAst(Transformer):
         name, kind, init, cond = children
         if kind is None:
             return S.StateDecl(str(name), init, cond, _decl_span(meta, name, init, cond))
-        if str(kind) != "scalar":
+        if str(kind) not in ("scalar", "row", "col"):
             self._fail(token_span(kind), f"unknown kind of state {str(kind)!r}",
-                       "the only kind is 'scalar': 'state NAME: scalar = 1.0' keeps one "
-                       "number per parameter; an elementwise state has no kind")
+                       "the kinds are 'scalar' (one number per parameter), and 'row' and "
+                       "'col' (factored); an elementwise state has no kind")
         if cond is not None:
-            self._fail(cond.span, f"scalar state {str(name)!r} cannot be conditional",
-                       "give it a value in every case instead")
-        return S.ScalarStateDecl(str(name), init, _decl_span(meta, name, kind, init))
+            what = "scalar state" if str(kind) == "scalar" else f"{kind} state"
+            self._fail(cond.span, f"{what} {str(name)!r} cannot be conditional",
+                       "give it a value in every case instead" if str(kind) == "scalar"
+                       else "it exists exactly for parameters with 2 or more dimensions")
+        span = _decl_span(meta, name, kind, init)
+        if str(kind) == "scalar":
+            return S.ScalarStateDecl(str(name), init, span)
+        return S.FactoredStateDecl(str(name), str(kind), init, span)
 
     def group_decl(self, meta, children):
         name, alt, index, cond = children

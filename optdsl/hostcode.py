@@ -16,7 +16,7 @@ from .ops import UFUNC
 from .render import constant, ident, number, quoted_ident, quoted_scalar
 from .syntax import line_comment
 
-_BUILTIN_NAMES = {"t": "_t", "p": "_p"}
+_BUILTIN_NAMES = {"t": "_t", "p": "_p", "factored": "_factored"}
 
 
 class _AstRenderer:
@@ -99,6 +99,8 @@ def _hyper_prologue(checked: CheckedSpec, indent: str, nodes) -> list[str]:
     """Read the hypers that ``nodes`` use from the group dict ``h``."""
     lines = []
     used = _names_in(nodes)
+    if "factored" in used and checked.spec.kind == "optimizer":  # decided per parameter
+        lines.append(f"{indent}_factored = bool(h.get('factored', False))")
     for name, info in checked.hypers.items():
         if name not in used:
             continue
@@ -157,7 +159,8 @@ def render_host_module(checked: CheckedSpec) -> str:
     # Per-parameter values (scalar states, and reductions, which read p, g or a state)
     # cannot decide anything: the checker refuses them in conditions, and here they are
     # kept out of decide() as elementwise values are.
-    tensors = {"p", "g"} | {s.name for s in spec.states} | {s.name for s in spec.scalars}
+    tensors = {"p", "g", "dtype_eps"} | {s.name for s in spec.states} \
+        | {s.name for s in (*spec.scalars, *spec.factored)}
     _render_decide_block(spec.body, r, tensors, body, "    ")
     out += body
     out.append("    return tuple(path)")
@@ -165,7 +168,7 @@ def render_host_module(checked: CheckedSpec) -> str:
     out += render_requires(checked, r)
     out += render_enabled(checked, r, "state_enabled",
                           "Which conditional states exist under these hypers.", spec.states)
-    for s in (*spec.states, *spec.scalars):
+    for s in (*spec.states, *spec.scalars, *spec.factored):
         out.append(f"def {ident(s.name, 'init_')}(h, _p):")
         out += _hyper_prologue(checked, "    ", [s.init])
         out.append(f"    return {r.expr(s.init)}  # line {s.span.line}")
@@ -268,7 +271,8 @@ def _host_function(program: Program, name: str, doc: str, returns, keys) -> list
         elif ins.op == "step":
             rhs = "_f(t)"
         elif ins.op == "scalar":  # a per-parameter value the runtime puts in h
-            rhs = f"_f(h[{quoted_scalar(ins.attr)}])"
+            wrap = "bool" if ins.out.type.elem == "bool" else "_f"
+            rhs = f"{wrap}(h[{quoted_scalar(ins.attr)}])"
         elif ins.op == "index":
             rhs = f"{a[0]}[{int(ins.attr)}]"
         elif ins.op == "where":

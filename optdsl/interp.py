@@ -16,7 +16,7 @@ import numpy as np
 from . import ops
 from .errors import InternalCompilerError
 from .ir import Program
-from .stages import reduce_values
+from .stages import factored_mean, factored_op, reduce_values
 
 
 def interpret(program: Program, hypers: dict[str, Any], t: int,
@@ -47,8 +47,13 @@ def interpret(program: Program, hypers: dict[str, Any], t: int,
             value = values[ins.args[0].id][ins.attr]
         elif ins.op == "scalar":  # per-parameter values: see optdsl.stages
             value = _per_parameter(ins.attr, buffers)
+        elif ins.op == "reduce" and ins.out.type.is_factored:  # row_mean, col_mean
+            x = values[ins.args[0].id]
+            value = factored_mean(ins.attr, x, np.shape(x), dtype)
         elif ins.op == "reduce":
             value = np.float64(reduce_values(ins.attr, np.ravel(values[ins.args[0].id])))
+        elif ins.out.type.is_factored:
+            value = factored_op(ins, [values[a.id] for a in ins.args])
         elif ins.op == "copy" and ins.out.type.is_tensor:  # also fills with a host scalar
             value = _as_dtype(values[ins.args[0].id], dtype)
             value = np.broadcast_to(value, np.shape(buffers["p"])).copy()
@@ -79,21 +84,34 @@ def interpret(program: Program, hypers: dict[str, Any], t: int,
         out[name] = values[var.id]
     for name, var in program.scalar_outputs:  # scalar states' new values
         out[name] = np.float64(values[var.id])
+    for name, var in program.factored_outputs:  # row and column states' new values
+        old = np.asarray(buffers[name])
+        out[name] = np.broadcast_to(np.asarray(values[var.id], dtype=old.dtype),
+                                    old.shape).copy()
     return out
 
 
-def _per_parameter(key: str, buffers: dict[str, Any]) -> np.float64:
+def _per_parameter(key: str, buffers: dict[str, Any]) -> Any:
     """A ``scalar`` leaf: the parameter's size, or a scalar state (a number in
     ``buffers``). Reductions are computed here, so their results are never leaves."""
     if key == "numel":
         return np.float64(np.size(buffers["p"]))
+    if key == "factored":
+        return np.ndim(buffers["p"]) >= 2
+    if key == "dtype_eps":
+        return np.float64(np.finfo(np.asarray(buffers["p"]).dtype).eps)
     if key.startswith("state:"):
-        return np.float64(buffers[key[len("state:"):]])
+        value = buffers[key[len("state:"):]]
+        return value if np.ndim(value) else np.float64(value)  # a row or column state
     raise InternalCompilerError(f"interpret() takes a lowered program, not a stage ({key})")
 
 
 def _as_dtype(value: Any, dtype: np.dtype) -> Any:
-    """Host floats meet tensors in the tensor's dtype (bools and arrays pass through)."""
+    """Host floats meet tensors in the tensor's dtype, and so do row and column values,
+    as the kernel reads them (broadcast into a buffer of its dtype); bools and tensors
+    pass through."""
     if isinstance(value, np.floating):
         return dtype.type(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.dtype != dtype:
+        return value.astype(dtype)
     return value

@@ -17,6 +17,10 @@ from typing import Any
 from .errors import Span
 
 HOST, TENSOR = "host", "tensor"
+# Factored values of a parameter with 2 or more dimensions (..., R, C), kept as small arrays
+# and computed on the host's array module (optdsl.stages): ROW shaped (..., R, 1), COL
+# (..., 1, C). A row value meeting a column value, or an elementwise one, is elementwise.
+ROW, COL = "row", "col"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class Type:
     def is_tensor(self) -> bool:
         return self.kind == TENSOR
 
+    @property
+    def is_factored(self) -> bool:
+        return self.kind in (ROW, COL)
+
 
 HOST_FLOAT = Type(HOST, "float")
 HOST_BOOL = Type(HOST, "bool")
@@ -47,7 +55,12 @@ def tuple_type(n: int) -> Type:
 
 
 def join_kind(*types: Type) -> str:
-    return TENSOR if any(t.is_tensor for t in types) else HOST
+    kinds = {t.kind for t in types} - {HOST}
+    if not kinds:
+        return HOST
+    if len(kinds) == 1:
+        return kinds.pop()
+    return TENSOR  # row with col, or either with an elementwise value: broadcast
 
 
 # op -> number of operands, for the elementwise operators and built-in functions.
@@ -69,6 +82,9 @@ LEAF_OPS = ("const", "hyper", "step", "load", "scalar")
 # numel). ("sum" itself is not a function: it is the name of torch's Adagrad state.)
 REDUCTIONS = ("norm", "total", "mean", "maxabs", "rms")
 REDUCE_KINDS = ("sum", "sumsq", "maxabs")
+# Row and column means of an elementwise value, for factored second moments (Adafactor):
+# row_mean(x) is x's mean over the last dimension, col_mean(x) over the one before.
+FACTORED = {"row_mean": ROW, "col_mean": COL}
 
 # Functions callable from a spec: name -> (min arity, max arity). ``clip`` and variadic
 # min/max lower to nested min/max; ``where`` is the elementwise select.
@@ -76,7 +92,7 @@ FUNCTIONS = {
     "sqrt": (1, 1), "rsqrt": (1, 1), "exp": (1, 1), "log": (1, 1), "abs": (1, 1),
     "sign": (1, 1), "floor": (1, 1), "cos": (1, 1), "sin": (1, 1), "tanh": (1, 1),
     "min": (2, None), "max": (2, None), "clip": (3, 3), "where": (3, 3),
-    **{name: (1, 1) for name in REDUCTIONS},
+    **{name: (1, 1) for name in REDUCTIONS}, **{name: (1, 1) for name in FACTORED},
 }
 CONSTANTS = {"pi": 3.141592653589793, "inf": float("inf")}
 
@@ -177,6 +193,8 @@ class Program:
     hoisted: bool = False
     # scalar state -> its new value (a host value), for specs with scalar states
     scalar_outputs: tuple[tuple[str, Var], ...] = ()
+    # factored (row or column) state -> its new value, for specs with factored states
+    factored_outputs: tuple[tuple[str, Var], ...] = ()
     slots: tuple[tuple[int, str], ...] | None = None
     # line -> the spec's statement on it, re-rendered from the tree (for comments only)
     notes: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)

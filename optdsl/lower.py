@@ -19,6 +19,7 @@ from .checker import CheckedSpec
 from .errors import InternalCompilerError, OptdslError
 from .ir import (
     CONSTANTS,
+    FACTORED,
     HOST_BOOL,
     HOST_FLOAT,
     HOST_STR,
@@ -107,14 +108,15 @@ def lower(checked: CheckedSpec, path: Path, *, tracks: bool = False) -> Program:
         if var is not loaded:
             outputs.append((name, var))
     outputs += b.tracks or ()
-    scalars = []
-    for decl in spec.scalars:
+    scalars, factored = [], []
+    for decl in (*spec.scalars, *spec.factored):
         var = env.get(decl.name)
         if var is not None and var is not b.cache.get(("scalar", f"state:{decl.name}")):
-            scalars.append((decl.name, var))
+            (factored if isinstance(decl, S.FactoredStateDecl) else scalars).append(
+                (decl.name, var))
     notes = tuple(sorted(S.statement_lines(spec).items()))
     return Program(spec.name, tuple(b.instrs), tuple(outputs), notes=notes,
-                   scalar_outputs=tuple(scalars))
+                   scalar_outputs=tuple(scalars), factored_outputs=tuple(factored))
 
 
 def _lower_block(stmts, env: dict[str, Var], decisions: list[int], b: _Builder) -> None:
@@ -181,6 +183,12 @@ def _lower_expr(e: S.Expr, env: dict[str, Var], b: _Builder) -> Var:
             return env[name]
         if any(s.name == name for s in spec.scalars):
             return b.leaf("scalar", f"state:{name}", HOST_FLOAT, name)
+        for decl in spec.factored:
+            if decl.name == name:
+                return b.leaf("scalar", f"state:{name}", Type(decl.kind, "float"), name)
+        if name in ("factored", "dtype_eps"):  # per-parameter built-ins
+            return b.leaf("scalar", name, HOST_BOOL if name == "factored" else HOST_FLOAT,
+                          name)
         if name in b.checked.hypers:
             return b.leaf("hyper", name, b.checked.hypers[name].ir_type, name)
         if name in CONSTANTS:
@@ -211,6 +219,9 @@ def _lower_expr(e: S.Expr, env: dict[str, Var], b: _Builder) -> Var:
         args = [_lower_expr(a, env, b) for a in e.args]
         if e.func in REDUCTIONS:
             return _lower_reduction(e, args[0], b)
+        if e.func in FACTORED:  # row_mean / col_mean: a reduction to a row (column) value
+            return b.emit("reduce", (args[0],), e.func.replace("_", ""), e.span, e.func,
+                          Type(FACTORED[e.func], "float"))
         if e.func == "clip":
             x, lo, hi = args
             return b.emit("min", (b.emit("max", (x, lo), span=e.span), hi), span=e.span)
@@ -224,7 +235,10 @@ def _lower_expr(e: S.Expr, env: dict[str, Var], b: _Builder) -> Var:
 
 
 def _lower_reduction(e: S.Call, x: Var, b: _Builder) -> Var:
-    """A reduction as a primitive ``reduce`` op and host arithmetic (see ir.REDUCTIONS)."""
+    """A reduction as a primitive ``reduce`` op and host arithmetic (see ir.REDUCTIONS);
+    of a row or column value, an ``areduce`` op over each matrix's rows (columns)."""
+    if x.type.is_factored:
+        return b.emit("areduce", (x,), e.func, e.span, e.func, x.type)
     kind = {"norm": "sumsq", "rms": "sumsq", "total": "sum", "mean": "sum",
             "maxabs": "maxabs"}[e.func]
     reduced = b.emit("reduce", (x,), kind, e.span, e.func, HOST_FLOAT)

@@ -13,7 +13,7 @@ STDLIB = {
     "Adagrad": "adagrad.opt", "Adadelta": "adadelta.opt", "SparseAdam": "sparse_adam.opt",
     # torch.optim's, matched to torch 2.13
     "Adamax": "adamax.opt", "RAdam": "radam.opt", "Rprop": "rprop.opt",
-    "NAdam": "nadam.opt", "ASGD": "asgd.opt",
+    "NAdam": "nadam.opt", "ASGD": "asgd.opt", "Adafactor": "adafactor.opt",
     # from optax or the papers (the docstring of each says which)
     "Lion": "lion.opt", "AdaBelief": "adabelief.opt", "Yogi": "yogi.opt",
     "Signum": "signum.opt", "Adan": "adan.opt", "AdEMAMix": "ademamix.opt",

@@ -32,8 +32,9 @@ def ident(name: str, prefix: str = "v_") -> str:
 # name can be. In generated code each kind takes its own letter after the prefix's, so
 # that ``c_`` + a spec name and ``ct_`` + a track name can never be the same identifier:
 # ``track:lr`` -> ``ct_lr``, ``diag:update`` -> ``cd_update``, ``dlr:lr`` -> ``ch_lr``.
-# ``red:rK`` is a reduce stage's output: the value reduction K reduces (optdsl.stages).
-EXTRA_KINDS = {"track": "t", "diag": "d", "dlr": "h", "red": "r"}
+# ``red:rK`` is a reduce stage's output: the value reduction K reduces; ``fac:eK`` a row or
+# column value broadcast to the parameter's shape, which a kernel reads (optdsl.stages).
+EXTRA_KINDS = {"track": "t", "diag": "d", "dlr": "h", "red": "r", "fac": "f"}
 
 # Keys of the per-parameter host values a kernel's scalar prologue reads ("scalar" leaves).
 SCALAR_KINDS = ("state", "reduce")
@@ -43,7 +44,8 @@ def quoted_scalar(key: str) -> str:
     """A per-parameter value's key (``numel``, ``state:NAME``, ``reduce:rK``) as a string
     literal (``h['state:mu_product']``)."""
     kind, colon, rest = key.partition(":") if isinstance(key, str) else ("", "", "")
-    if key != "numel" and not (colon and kind in SCALAR_KINDS and _IDENT.match(rest)):
+    if key not in ("numel", "factored", "dtype_eps") and not (
+            colon and kind in SCALAR_KINDS and _IDENT.match(rest)):
         raise InternalCompilerError(f"refusing to render scalar key {key!r}")
     return "'" + key + "'"
 

@@ -22,6 +22,7 @@ from . import arrays
 from . import clip as C
 from . import hypers as H
 from . import sparse as S
+from . import stages as S2
 from .backend import Backend, pool
 from .backend import available as available_backends
 from .backend import get as get_backend
@@ -689,18 +690,25 @@ class Optimizer:
         ``group``: the index of ``p``'s param group, if known (saves looking it up)."""
         indices = range(len(self.param_groups)) if group is None else (group,)
         for index in indices:
-            layout = self._extra_layouts.get((index, np.dtype(p.data.dtype).str))
+            layout = self._extra_layouts.get(self._layout_key(index, p.data))
             # The layout holds its params, so no other object can have their ids.
             if layout is not None and id(p) in layout.offsets:
                 return layout.view(name, p) if name in layout.names else None
         return None
 
+    def _layout_key(self, index: int, data: Any) -> tuple:
+        """Which layout of group ``index`` holds a param of ``data``: one per dtype, and
+        for a rule that reads ``factored``, matrices apart from the rest (so that a
+        vector's conditional state, Adafactor's variance, takes no room for matrices)."""
+        key = (index, np.dtype(data.dtype).str)
+        return (*key, np.ndim(data) >= 2) if self._spec.uses_factored else key
+
     def _extra_layout(self, index: int, layout: _Layout, kernel) -> _Layout | None:
         """The buffers of ``kernel``'s extra outputs for the params of ``layout``."""
-        names = [b for b in kernel.buffers if ":" in b]
+        names = [b for b in kernel.buffers if ":" in b and not b.startswith("fac:")]
         if not names:
             return None
-        key = (index, layout.dtype.str)
+        key = self._layout_key(index, layout.params[0].data)
         extra = self._extra_layouts.get(key)
         if extra is None or extra.offsets != layout.offsets or extra.device != layout.device:
             extra = _Layout(layout.params, self._compute_for(layout.dtype), names)
@@ -868,7 +876,7 @@ class Optimizer:
     def _layout(self, index: int, p: Any, names: list[str]) -> _Layout:
         """The layout of ``p``'s group and dtype, holding at least the states ``names``."""
         dtype = np.dtype(p.data.dtype)
-        key = (index, dtype.str)
+        key = self._layout_key(index, p.data)
         old = self._layouts.get(key)
         if self._has_master(dtype):
             names = [*names, "master"]
@@ -881,7 +889,7 @@ class Optimizer:
         # (arrays the user put in the state, as torch allows) are left for their param's
         # next step to copy in.
         members = [q for q in self.param_groups[index]["params"]
-                   if np.dtype(q.data.dtype) == dtype]
+                   if self._layout_key(index, q.data) == key]
         layout = _Layout(members, dtype, list(dict.fromkeys([*(old.names if old else ()),
                                                              *names])),
                          self._storage_dtypes(dtype))
@@ -910,7 +918,7 @@ class Optimizer:
                 cache: dict) -> tuple[Any, tuple, tuple[int, ...]]:
         """The kernel for step ``t`` of params of ``dtype``, with its scalar arguments in
         the dtype it computes in (float32 for float16 and bfloat16 params)."""
-        key = (t, dtype.str)
+        key = (t, dtype.str, values.get("factored"))  # factored: per param
         if key not in cache:
             path = self._spec.host["decide"](values, t)
             extras = self._extras()
@@ -935,24 +943,41 @@ class Optimizer:
                    span: tuple[int, int], flat_p: Any, flat_g: Any, dtype: np.dtype,
                    backend: Backend) -> dict:
         """The values a per-parameter step reads besides the group's hypers: the param's
-        size (``numel``), its scalar states (``state:NAME``) and the results of the
-        reductions (``reduce:rK``), which this runs stage by stage (:mod:`optdsl.stages`)."""
+        size (``numel``), ``factored``, ``dtype_eps``, its scalar states (``state:NAME``)
+        and the results of the reductions (``reduce:rK``), which this runs stage by stage
+        (:mod:`optdsl.stages`); with the factored program's run, and the ``fac:eK``
+        buffers the update kernel reads."""
         start, stop = span
         st = self.state[p]
         h = dict(values)
         h["numel"] = float(stop - start)
+        h["factored"] = np.ndim(p.data) >= 2
+        h["dtype_eps"] = _machine_epsilon(p.data.dtype)
         for decl in self._spec.spec.scalars:
             h[f"state:{decl.name}"] = float(st[decl.name])
         master = "master" in layout.names
+        compute = self._compute_for(dtype)
+        run = None
+        results: dict[str, Any] = {}
+        fac: dict[str, Any] = {}
+        if kernel.factored is not None:
+            states = {d.name: st[d.name] for d in self._spec.spec.factored if d.name in st}
+            run = S2.FactoredRun(kernel.factored, h, t, states, arrays.module(flat_p),
+                                 compute, tuple(np.shape(p.data)))
 
         def buffer(name: str) -> Any:
             if name == "p":
                 return layout.row("master")[start:stop] if master else flat_p
             if name == "g":
                 return flat_g
+            if name in fac:
+                return fac[name]
             return layout.row(name)[start:stop]
 
-        for stage in kernel.stages:
+        for k, stage in enumerate(kernel.stages):
+            if run is not None:  # the row and column values this stage's kernel reads
+                run.advance(k, results)
+                fac = run.expanded(k)
             temps: dict[str, Any] = {}
             if stage.kernel is not None:
                 sk = stage.kernel
@@ -968,8 +993,15 @@ class Optimizer:
                              self._kernel_args(sk, h, t, dtype, backend), dtype)
             for r in stage.reductions:
                 source = temps[r.source] if r.source in temps else buffer(r.source)
-                h[f"reduce:{r.key}"] = backend.reduce(r.kind, source)
-        return h
+                if r.kind in ("rowmean", "colmean"):  # a row (column) value
+                    results[r.key] = S2.factored_mean(r.kind, source, np.shape(p.data),
+                                                      compute)
+                else:
+                    results[r.key] = h[f"reduce:{r.key}"] = backend.reduce(r.kind, source)
+        if run is not None:
+            run.advance(len(kernel.stages), results)
+            fac = run.expanded(len(kernel.stages))
+        return h, run, fac
 
     def _reduce_scratch(self, k: int, n: int, dtype: np.dtype, like: Any) -> Any:
         """Reduce stages' output ``k`` for a param of ``n`` elements of ``dtype``, where
@@ -997,28 +1029,37 @@ class Optimizer:
         st = self.state[p]  # {} before the first step, filled in place as torch does
         t = st.get("step", 0) + 1
         dtype = np.dtype(data.dtype)
+        if self._spec.uses_factored:  # the path and the states depend on p's shape
+            values = {**values, "factored": np.ndim(data) >= 2}
+            enabled = self._spec.host["state_enabled"](values)
         kernel, args, _ = self._kernel(values, t, dtype, backend, cache)
         layout = self._prepare_state(index, p, values, enabled, kernel)
         contiguous = data.flags.c_contiguous
         flat_p = data.reshape(-1) if contiguous else arrays.ascontiguous(data).reshape(-1)
         flat_g = arrays.ascontiguous(grad).reshape(-1)
         off, n, _ = layout.offsets[id(p)]
-        extra = self._extra_layout(index, layout, kernel)
-        buffers, mirror = _kernel_buffers(kernel, layout, off, off + n, flat_p, flat_g, extra)
         scalars: dict = {}
-        if args is None:  # per-parameter values: reduce stages, scalar states
-            h = self._per_param(kernel, values, t, p, layout, (off, off + n), flat_p, flat_g,
-                                dtype, backend)
+        run = None
+        fac: dict = {}
+        if args is None:  # per-parameter values: reduce stages, scalar and factored states
+            h, run, fac = self._per_param(kernel, values, t, p, layout, (off, off + n),
+                                          flat_p, flat_g, dtype, backend)
             if kernel.host_step is not None:  # the arguments and the scalar states, at once
                 args, scalars = kernel.host_step(h, t)
                 args = self._cast_args(args, dtype, backend)
             else:
                 args = self._kernel_args(kernel, h, t, dtype, backend)
+        extra = self._extra_layout(index, layout, kernel)
+        buffers, mirror = _kernel_buffers(kernel, layout, off, off + n, flat_p, flat_g, extra,
+                                          fac)
         self._launch(kernel, backend, n, buffers, args, dtype, mirror)
         if not contiguous:
             data[...] = flat_p.reshape(data.shape)
         for name, value in scalars.items():
             st[name] = np.array(value, np.float64)
+        if run is not None:  # the row and column states' new values
+            for name, value in run.outputs().items():
+                st[name] = _factored_array(value, st[name])
         st["step"] = t
 
     def _prepare_state(self, index, p, values, enabled, kernel) -> _Layout:
@@ -1028,6 +1069,15 @@ class Optimizer:
             if decl.name not in st:
                 st[decl.name] = np.array(self._spec.host["init_" + decl.name](values, None),
                                          np.float64)
+        if np.ndim(p.data) >= 2:  # row and column states, where the param's device is
+            for decl in self._spec.spec.factored:
+                if decl.name not in st:
+                    init = self._spec.host["init_" + decl.name](values, None)
+                    shape = factored_shape(decl.kind, np.shape(p.data))
+                    full = arrays.zeros(int(np.prod(shape)), self._compute_for(
+                        np.dtype(p.data.dtype)), p.data).reshape(shape)
+                    full[...] = init
+                    st[decl.name] = full
         needed = [b for b in kernel.buffers if b not in ("p", "g") and ":" not in b]
         wanted = [s.name for s in self._spec.spec.states if enabled[s.name] or s.name in needed]
         layout = self._layout(index, p, wanted)
@@ -1218,6 +1268,7 @@ class Optimizer:
         by_saved_id = dict(zip(saved_ids, params, strict=True))
         states = {s.name for s in self._spec.spec.states}
         scalars = {s.name for s in self._spec.spec.scalars}
+        factored = {s.name: s.kind for s in self._spec.spec.factored}
         converted: dict[Any, dict[str, Any]] = {}
         for sid, entry in state.items():
             if sid not in by_saved_id:
@@ -1225,7 +1276,7 @@ class Optimizer:
                                      "which no param group lists")
             p = by_saved_id[sid]
             allowed = states | {"master"} if self._has_master(p.data.dtype) else states
-            converted[p] = _convert_entry(name, sid, entry, p, allowed, scalars)
+            converted[p] = _convert_entry(name, sid, entry, p, allowed, scalars, factored)
         # Validation is complete: build the new layouts, then swap everything in.
         layouts: dict[tuple[int, str], _Layout] = {}
         version = _Version()
@@ -1236,14 +1287,16 @@ class Optimizer:
                 if p not in converted:
                     continue
                 entry = converted[p]
-                key = (gi, np.dtype(p.data.dtype).str)
+                key = self._layout_key(gi, p.data)
+                on = enabled if not self._spec.uses_factored else self._spec.host[
+                    "state_enabled"]({**new_validated[gi][1], "factored": p.data.ndim >= 2})
                 names = [s.name for s in self._spec.spec.states
-                         if enabled[s.name] or s.name in entry]
+                         if on[s.name] or s.name in entry]
                 if self._has_master(p.data.dtype):
                     names.append("master")  # taken from the param at its next step if absent
                 if key not in layouts:
                     members = [q for q in group["params"]
-                               if np.dtype(q.data.dtype) == np.dtype(p.data.dtype)]
+                               if self._layout_key(gi, q.data) == key]
                     layouts[key] = _Layout(members, p.data.dtype, names,
                                            self._storage_dtypes(np.dtype(p.data.dtype)))
                 layout = layouts[key]
@@ -1252,13 +1305,17 @@ class Optimizer:
                 for s, arr in entry.items():
                     if s in scalars:
                         new_state[p][s] = arr
+                    elif s in factored:  # in the compute dtype, where the param is
+                        new_state[p][s] = _factored_array(arr, arrays.zeros(
+                            arr.size, self._compute_for(np.dtype(p.data.dtype)),
+                            p.data).reshape(arr.shape))
                     elif s != "step":
                         arrays.copy_into(layout.view(s, p), arr)
         for p, st in new_state.items():
             gi = next(i for i, g in enumerate(new_groups) if any(q is p for q in g["params"]))
-            layout = layouts[(gi, np.dtype(p.data.dtype).str)]
+            layout = layouts[self._layout_key(gi, p.data)]
             for s in converted[p]:
-                if s != "step" and s not in scalars:
+                if s != "step" and s not in scalars and s not in factored:
                     st[s] = layout.view(s, p)
         self.param_groups[:] = new_groups
         self._validated = new_validated
@@ -1309,7 +1366,8 @@ def _follows(run: list[Any], p: Any, layout: _Layout) -> bool:
 
 
 def _kernel_buffers(kernel, layout: _Layout, start: int, stop: int, flat_p: Any,
-                    flat_g: Any, extra: _Layout | None = None) -> tuple[list, Any]:
+                    flat_g: Any, extra: _Layout | None = None,
+                    fac: dict | None = None) -> tuple[list, Any]:
     """The kernel's buffers, in its order, over elements [start, stop) of ``layout``
     whose params and grads are ``flat_p`` and ``flat_g`` (and of ``extra``, holding the
     extra outputs); and the array the kernel's p must also be rounded into (the param,
@@ -1321,6 +1379,8 @@ def _kernel_buffers(kernel, layout: _Layout, start: int, stop: int, flat_p: Any,
             buffers.append(layout.row("master")[start:stop] if master else flat_p)
         elif b == "g":
             buffers.append(flat_g)
+        elif fac and b in fac:  # a row or column value broadcast to p's shape
+            buffers.append(fac[b])
         elif ":" in b:
             buffers.append(extra.row(b)[start:stop])
         else:
@@ -1552,7 +1612,7 @@ def _validate_layout(name: str, sd: Any, param_groups: list[dict]):
 
 
 def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str],
-                   scalars: set[str] = frozenset()) -> dict:
+                   scalars: set[str] = frozenset(), factored: dict | None = None) -> dict:
     where = f"{name}.load_state_dict: state of param {sid}"
     if not isinstance(entry, dict):
         raise StateDictError(f"{where} must be a dict")
@@ -1584,6 +1644,17 @@ def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str],
                                      f"({exc})") from None
             out[key] = np.array(arr.reshape(()), np.float64)
             continue
+        if factored and key in factored:  # a row or column state of a 2+-D param
+            arr = arrays.to_numpy(value)
+            want = factored_shape(factored[key], tuple(np.shape(p.data))) \
+                if np.ndim(p.data) >= 2 else None
+            if want is None or arr.shape != want:
+                raise StateDictError(f"{where}: {key!r} has shape {arr.shape}; a "
+                                     f"{factored[key]} state of a parameter of shape "
+                                     f"{tuple(np.shape(p.data))} has "
+                                     f"{want if want else 'none (fewer than 2 dims)'}")
+            out[key] = arr
+            continue
         if key not in states:
             close = difflib.get_close_matches(key, sorted(states | scalars), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -1600,3 +1671,27 @@ def _convert_entry(name: str, sid: Any, entry: Any, p: Any, states: set[str],
         out[key] = arr
     return out
 
+
+def factored_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A row (``(..., R, 1)``) or column (``(..., 1, C)``) state's shape, for a param of
+    ``shape`` (2 or more dimensions), as torch's Adafactor keeps row_var and col_var."""
+    if kind == "row":
+        return (*shape[:-1], 1)
+    return (*shape[:-2], 1, shape[-1])
+
+
+def _factored_array(value: Any, old: Any) -> Any:
+    """A row or column state's new value (an array, or a host number that fills it), in
+    the old array's shape, dtype and place."""
+    new = arrays.module(old).empty(old.shape, old.dtype)
+    new[...] = value  # broadcast, and cast once
+    return new
+
+
+def _machine_epsilon(dtype: Any) -> float:
+    try:
+        return float(np.finfo(dtype).eps)
+    except (TypeError, ValueError):  # bfloat16 (ml_dtypes has its own finfo)
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).eps)

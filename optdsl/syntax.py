@@ -170,6 +170,18 @@ class ScalarStateDecl:
 
 
 @dataclass(frozen=True)
+class FactoredStateDecl:
+    """``state NAME: row = init`` / ``state NAME: col = init``: a factored state of a
+    parameter with 2 or more dimensions (..., R, C), shaped (..., R, 1) or (..., 1, C) as
+    Adafactor's (and torch's) row_var and col_var. It exists only where ``factored``."""
+
+    name: str
+    kind: str  # "row" | "col"
+    init: Expr
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
 class GroupDecl:
     """``group momentum [or betas[0]] [if cycle_momentum]`` (schedules only): a param-group
     value the schedule reads and may assign, with an optional fallback to one element of
@@ -205,6 +217,7 @@ class Spec:
     name_span: Span = _span()
     groups: tuple[GroupDecl, ...] = ()
     scalars: tuple[ScalarStateDecl, ...] = ()
+    factored: tuple[FactoredStateDecl, ...] = ()
 
 
 def walk_expr(expr: Expr):

@@ -98,7 +98,8 @@ def state_dict_from_torch(state_dict: dict[str, Any], optimizer: Any = None) -> 
     else:
         cls = _optdsl_class(optimizer, where)
     infos = cls._spec.hypers
-    names = {s.name for s in (*cls._spec.spec.states, *cls._spec.spec.scalars)}
+    names = {s.name for s in (*cls._spec.spec.states, *cls._spec.spec.scalars,
+                              *cls._spec.spec.factored)}
     out_groups = []
     for i, group in enumerate(groups):
         at = f"{where}: param group {i}"
@@ -765,7 +766,8 @@ class _EntryView(MutableMapping):
         if key == "step":
             value = _step_count(value, at)
         elif key not in {s.name for s in (*self._opt.rule._spec.spec.states,
-                                          *self._opt.rule._spec.spec.scalars)}:
+                                          *self._opt.rule._spec.spec.scalars,
+                                          *self._opt.rule._spec.spec.factored)}:
             raise KeyError(f"{at}: {type(self._opt).__name__} has no state {key!r}")
         else:
             value = _to_numpy(value, f"{at}[{key!r}]")

@@ -413,3 +413,99 @@ def test_numba_reductions_do_not_depend_on_the_thread_count():
     finally:
         optdsl.set_num_threads(before)
     assert len(results) == 1
+
+
+# --- factored states: row and column values (Adafactor) -------------------------------------
+
+FACTORED_SHAPES = ((4, 3), (5,), (), (2, 3, 4))
+
+
+def _adafactor_run(backend="numpy", steps=6, dtype=np.float64, **kw):
+    params = [Param(v) for v in _start(FACTORED_SHAPES, dtype=dtype)]
+    opt = optim.Adafactor(params, backend=backend, **kw)
+    for step in range(steps):
+        for p, g in zip(params, _grads(step, FACTORED_SHAPES), strict=True):
+            p.grad = np.asarray(g).astype(dtype)
+        opt.step()
+    return params, opt
+
+
+def test_factored_states_have_torchs_shapes_and_the_fallback():
+    params, opt = _adafactor_run()
+    matrix, vector, scalar, batch = (opt.state[p] for p in params)
+    assert matrix["row_var"].shape == (4, 1) and matrix["col_var"].shape == (1, 3)
+    assert batch["row_var"].shape == (2, 3, 1) and batch["col_var"].shape == (2, 1, 4)
+    assert "variance" not in matrix and "row_var" not in vector
+    assert vector["variance"].shape == (5,) and scalar["variance"].shape == ()
+    spec = optim.Adafactor._spec
+    assert spec.uses_factored and spec.per_parameter and spec.staged
+    # the vectors' variance takes no room in the matrices' layout: they lie apart
+    names = {key[2]: layout.names for key, layout in opt._layouts.items()}
+    assert names == {True: [], False: ["variance"]}
+    # every backend: the same bits
+    if "numba" in available("cpu"):
+        other, _ = _adafactor_run("numba")
+        for a, b in zip(params, other, strict=True):
+            np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_factored_state_dict_round_trip_and_checks(tmp_path):
+    params, opt = _adafactor_run(steps=3)
+    sd = opt.state_dict()
+    assert sd["state"][0]["row_var"].shape == (4, 1)
+    clone = [Param(p.data.copy()) for p in params]
+    other = optim.Adafactor(clone)
+    other.load_state_dict(sd)
+    for step in range(3, 6):
+        for p, q, g in zip(params, clone, _grads(step, FACTORED_SHAPES), strict=True):
+            p.grad, q.grad = np.asarray(g), np.asarray(g).copy()
+        opt.step()
+        other.step()
+    for p, q in zip(params, clone, strict=True):
+        np.testing.assert_array_equal(p.data, q.data)
+    bad = opt.state_dict()
+    bad["state"][0]["row_var"] = np.zeros((3, 1))
+    with pytest.raises(StateDictError, match=r"'row_var' has shape \(3, 1\); a row state of a "
+                                             r"parameter of shape \(4, 3\) has \(4, 1\)"):
+        optim.Adafactor(params).load_state_dict(bad)
+    bad = opt.state_dict()
+    bad["state"][1]["col_var"] = np.zeros((1, 5))
+    with pytest.raises(StateDictError, match="has none"):
+        optim.Adafactor(params).load_state_dict(bad)
+    pytest.importorskip("safetensors", reason="checkpoints need safetensors (optdsl[checkpoint])")
+    optdsl.checkpoint.save(tmp_path / "a.ckpt", optimizer=opt)
+    fresh = optim.Adafactor(params)
+    optdsl.checkpoint.load(tmp_path / "a.ckpt", optimizer=fresh)
+    np.testing.assert_array_equal(fresh.state[params[3]]["col_var"],
+                                  opt.state[params[3]]["col_var"])
+
+
+def test_factored_and_dtype_eps_in_expressions():
+    cls = optdsl.compile('''optimizer Probe
+update:
+    p = p + where(factored, 1, 0) + dtype_eps
+''')
+    w32, w64, v = Param(np.zeros((2, 2), np.float32)), Param(np.zeros((2, 2))), Param(np.zeros(2))
+    for w in (w32, w64, v):
+        w.grad = np.zeros_like(w.data)
+    cls([w32, w64, v]).step()
+    assert w32.data[0, 0] == np.float32(1 + np.finfo(np.float32).eps)
+    assert w64.data[0, 0] == 1 + np.finfo(np.float64).eps
+    assert v.data[0] == np.finfo(np.float64).eps
+
+
+def test_adafactor_diagnostics_and_torch():
+    plain, _ = _adafactor_run(steps=2)
+    seen, opt = _adafactor_run(steps=2, diagnostics=True)
+    for a, b in zip(plain, seen, strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert opt.diagnostics() is not None
+    torch = pytest.importorskip("torch", reason="optdsl.torch needs torch (optdsl[torch])")
+    from optdsl.torch import from_rule
+
+    w = torch.nn.Parameter(torch.ones(3, 4, dtype=torch.float64))
+    topt = from_rule(optim.Adafactor)([w], lr=0.1)
+    w.grad = torch.full((3, 4), 0.5, dtype=torch.float64)
+    topt.step()
+    state = topt.state_dict()["state"][0]
+    assert tuple(state["row_var"].shape) == (3, 1) and tuple(state["col_var"].shape) == (1, 4)

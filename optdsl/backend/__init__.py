@@ -45,6 +45,8 @@ class Kernel:
     # Specs with reductions: the reduce stages that run before this kernel, each an
     # ``optdsl.stages.ReduceStage`` with its own kernel (see optdsl.stages).
     stages: tuple = field(default=(), compare=False)
+    # Specs with row and column values: their ``optdsl.stages.FactoredProgram``.
+    factored: Any = field(default=None, compare=False)
 
 
 class Backend:

@@ -181,7 +181,8 @@ class CupyBackend(Backend):
             return [f"const {ctype} x{ins.out.id} = {expr};"]
 
         body = code.body(lambda line: _comment(line, notes),
-                         lambda ins: [f"const F x{ins.out.id} = (F){ident(ins.attr, 'b_')};"],
+                         lambda ins: [f"const F x{ins.out.id} = "
+                                      f"(F){buffer_ident(ins.attr, 'b_')};"],
                          op)
         outputs = [name for name, _ in program.outputs]
         stores = [f"{buffer_ident(name, 'b_')} = (T)({operand(var)});"

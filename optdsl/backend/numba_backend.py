@@ -189,7 +189,7 @@ class NumbaBackend(Backend):
             return [line.format(*operands, **named) for line in lines]
 
         body = code.body(lambda line: line_comment(line, notes),
-                         lambda ins: [f"x{ins.out.id} = {ident(ins.attr, 'c_')}[i]"], op)
+                         lambda ins: [f"x{ins.out.id} = {buffer_ident(ins.attr, 'c_')}[i]"], op)
         outputs = [name for name, _ in program.outputs]
         stores = [f"{buffer_ident(name, 'c_')}[i] = {operand(var)}"
                   for name, var in program.outputs]

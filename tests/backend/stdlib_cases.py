@@ -11,6 +11,7 @@ from optdsl.optim import (
     SGD,
     AdaBelief,
     Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
@@ -81,6 +82,8 @@ CASES = [
     (ASGD, {}),
     (ASGD, {"t0": 1, "lambd": 0.01, "alpha": 0.5, "weight_decay": 0.1}),  # averages from step 3
     (ASGD, {"lr": 0.05, "t0": 0, "maximize": True}),
+    (Adafactor, {}),
+    (Adafactor, {"weight_decay": 0.1, "beta2_decay": -0.5, "d": 1.5, "maximize": True}),
 ]
 
 

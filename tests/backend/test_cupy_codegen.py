@@ -508,6 +508,10 @@ def test_hyper_values_are_arguments_not_source(name):
             continue
         if isinstance(value, tuple):
             value = value[:len(info.default)]  # betas of two, AdEMAMix's of three
+        if info.hi is not None and info.hi <= 0:
+            value = -value  # Adafactor's beta2_decay is at most 0
+        elif info.lo is not None and info.lo >= 1:
+            value = info.lo + value  # and its d at least 1
         values = H.resolve(spec.hypers, {hyper: value}, name)
         if spec.host["decide"](values, 1) != default:
             continue  # e.g. a weight_decay of 0 and one that is not are different paths

@@ -45,6 +45,7 @@ from optdsl.compiler import load_spec
 from optdsl.errors import HyperError, OptdslError, ScheduleError, SpecError
 from optdsl.hypers import coerce, resolve
 from optdsl.interp import interpret
+from optdsl.runtime import factored_shape
 from tests.errors.test_golden_messages import LEAKS
 from tests.property.harness import assert_same_bits, make_buffers
 from tests.security.test_injection import (
@@ -249,15 +250,21 @@ def run_optimizer(cls, problem: Problem) -> str:
     for t in range(1, STEPS + 1):
         before = w.data.copy()
         with np.errstate(all="ignore"):
-            path = spec.host["decide"](values, t)
+            path = spec.host["decide"]({**values, "factored": w.data.ndim >= 2}, t)
             check_generated(spec.kernel(NUMPY, path).source)
             opt.step()
             state = opt.state[w]
             assert state["step"] == t, f"step count {state['step']} after step {t}"
             scalars = {s.name for s in spec.spec.scalars}
+            factored = {s.name: s.kind for s in spec.spec.factored}
             for name in state.keys() - {"step"} - states.keys():  # created by this step
                 if name in scalars:  # one float64 per parameter
                     states[name] = np.float64(spec.host["init_" + name](values, None))
+                    continue
+                if name in factored:  # a row or column state, in the dtype it is kept in
+                    states[name] = np.full(factored_shape(factored[name], before.shape),
+                                           spec.host["init_" + name](values, None),
+                                           np.asarray(state[name]).dtype)
                     continue
                 states[name] = np.array(spec.host["init_" + name](
                     values, arrays.for_host_code(before)), dtype=before.dtype)

@@ -33,6 +33,7 @@ from optdsl.compiler import load_spec
 from optdsl.errors import InternalCompilerError
 from optdsl.hypers import resolve
 from optdsl.interp import interpret
+from optdsl.runtime import factored_shape
 from tests.property.harness import assert_same_bits, make_buffers, run_kernel
 from tests.property.rules import hyper_values, rules
 
@@ -218,8 +219,11 @@ def test_stdlib_kernels_match_interpreter(filename, backend):
         for name, info in spec.hypers.items():
             if info.type == "float" and data.draw(st.booleans()):
                 lo = 0.0 if info.lo is not None and info.lo >= 0 else -1.0
+                lo = max(lo, info.lo) if info.lo is not None else lo  # Adafactor's d >= 1
+                hi = min(lo + 0.99, info.hi) if info.hi is not None else lo + 0.99
                 open_low = info.lo is not None and info.lo >= 0 and not info.lo_closed
-                given_values[name] = data.draw(st.floats(lo, 0.99, exclude_min=open_low),
+                given_values[name] = data.draw(st.floats(lo, hi, exclude_min=open_low,
+                                                         exclude_max=not info.hi_closed),
                                                label=name)
         hypers = resolve(spec.hypers, given_values, filename)
         shape, chunk = data.draw(st.sampled_from(CASES), label="shape, chunk")
@@ -232,6 +236,15 @@ def test_stdlib_kernels_match_interpreter(filename, backend):
         if spec.per_parameter:  # reduce stages and scalar states: through the runtime
             for decl in spec.spec.scalars:
                 buffers[decl.name] = np.float64(data.draw(st.floats(0, 2), label=decl.name))
+            if len(shape) >= 2:  # row and column states; the elementwise ones it lacks
+                enabled = spec.host["state_enabled"]({**hypers, "factored": True})
+                for decl in spec.spec.states:
+                    if not enabled[decl.name]:
+                        del buffers[decl.name]
+                for decl in spec.spec.factored:
+                    buffers[decl.name] = np.abs(make_buffers(
+                        ("x",), factored_shape(decl.kind, shape), dtype,
+                        data.draw(st.integers(0, 2**32 - 1)), False)["x"])
             _check_runtime_step(spec, backend, hypers, t, buffers, f"{filename} t={t}")
             return
         for path in spec.paths():
@@ -245,7 +258,8 @@ def _check_runtime_step(spec, backend, hypers, t, buffers, what) -> None:
     """Step ``t`` of a one-parameter optimizer that starts from ``buffers`` (loaded as
     its state after step t - 1) against the interpreter, bit for bit: the reduce stages,
     the reductions and the scalar states' updates too."""
-    want = interpret(spec.unoptimized(spec.host["decide"](hypers, t)), hypers, t, buffers)
+    decided = {**hypers, "factored": np.ndim(buffers["p"]) >= 2}
+    want = interpret(spec.unoptimized(spec.host["decide"](decided, t)), hypers, t, buffers)
     w = optdsl.Param(np.array(buffers["p"]))
     w.grad = np.array(buffers["g"])
     opt = make_class(spec)([w], backend=backend.name, **hypers)

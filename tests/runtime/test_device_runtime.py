@@ -88,6 +88,9 @@ HYPERS = {
     "ASGD": ({"lr": 0.05, "t0": 2},
              {"weight_decay": 0.1, "lambd": 0.01, "alpha": 0.5},
              {"lr": 0.02, "t0": 0, "maximize": True}),
+    "Adafactor": ({"lr": 0.02, "d": 1.5},
+                  {"weight_decay": 0.1, "beta2_decay": -0.5},
+                  {"lr": 0.01, "eps": (1e-20, 1e-2), "maximize": True}),
     "LAMB": ({"lr": 0.01, "betas": (0.8, 0.99)},
              {"weight_decay": 0.1, "eps_root": 1e-10},
              {"lr": 0.005, "eps": 1e-8}),
@@ -326,12 +329,14 @@ def test_float16_params_store_float32_math_rounded_once_per_step(fake_cupy, name
     # The states start as their initial values stored in float16, as the GPU run's do.
     values = ref_opt._group_hypers(0)
     for q in ref:
+        enabled = ref_opt._spec.host["state_enabled"]({**values, "factored": q.data.ndim >= 2})
         for s in cls._spec.spec.states:
-            if ref_opt._spec.host["state_enabled"](values)[s.name]:
+            if enabled[s.name]:
                 init = ref_opt._spec.host["init_" + s.name](values, q.data)
                 ref_opt.state[q][s.name] = np.asarray(
                     np.broadcast_to(init, q.data.shape).astype(np.float16), np.float32)
-    scalars = {s.name for s in cls._spec.spec.scalars}
+    # scalar states stay float64; row and column states are kept in float32, the math's
+    scalars = {s.name for s in (*cls._spec.spec.scalars, *cls._spec.spec.factored)}
     for step in range(1, STEPS + 1):
         _set_grads(gpu, step, fake_cupy)
         for i, q in enumerate(ref):
@@ -350,7 +355,7 @@ def test_float16_params_store_float32_math_rounded_once_per_step(fake_cupy, name
         for key in set(st) - {"step"} - scalars:
             assert st[key].dtype == np.float16 and isinstance(st[key], fakecupy.ndarray)
             _bits(st[key], ref_opt.state[q][key].astype(np.float16), f"param {k} {key}")
-        for key in scalars:
+        for key in scalars & set(st):
             _bits(st[key], ref_opt.state[q][key], f"param {k} scalar state {key}")
 
 

@@ -35,7 +35,7 @@ NUMPY = get_backend("numpy")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # The name of an extra kernel output (optdsl.extras): a fixed kind, a colon, an identifier.
 EXTRA_BUFFER = re.compile(r"(?:(?:track|diag|dlr|state):[A-Za-z_][A-Za-z0-9_]*"
-                          r"|(?:red|reduce):r[0-9]+)\Z")
+                          r"|(?:red|reduce):r[0-9]+|fac:e[0-9]+)\Z")
 # Every extra output, asked of every kernel whose step is affine in lr.
 EXTRAS = ("track", "update", "dlr:lr")
 
@@ -381,7 +381,7 @@ _EXPR = "(?:" + "|".join([
 _TOKEN = (r"(?:[A-Za-z_][A-Za-z0-9_]*|[0-9][A-Za-z0-9_.+-]*|<string>|\*\*|[-+*/%<>=!]=?"
           r"|[(),\[\]:]| )")
 # A buffer as the kernels name it: b_NAME, or bt_/bd_/bh_NAME for an extra output.
-_BUF = rf"b[tdh]?_{_ID}"
+_BUF = rf"b[tdhrf]?_{_ID}"
 _BODY = [
     rf"const F x[0-9]+ = \(F\)(?P<buffer>{_BUF});",
     rf"const (?:F|bool) x[0-9]+ = {_EXPR};",

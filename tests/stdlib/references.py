@@ -73,6 +73,9 @@ TORCH_REFERENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "NAdam": ("NAdam", {"lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.01,
                         "momentum_decay": 0.01}),
     "ASGD": ("ASGD", {"lr": 0.05, "lambd": 1e-3, "alpha": 0.6, "t0": 5, "weight_decay": 0.01}),
+    # factored (row and column) second moments for the matrix, the whole one for the rest
+    "Adafactor": ("Adafactor", {"lr": 0.05, "beta2_decay": -0.5, "eps": (1e-20, 1e-2),
+                                "d": 1.5, "weight_decay": 0.1}),
 }
 
 # optdsl name -> more hyper sets for the torch ones (other branches)
@@ -85,6 +88,7 @@ EXTRA_HYPERS: dict[str, list[dict[str, Any]]] = {
     "NAdam": [{"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True,
                "maximize": True}],
     "ASGD": [{"lr": 0.02, "t0": 0, "maximize": True}],
+    "Adafactor": [{"lr": 0.01, "maximize": True}],  # eps[0]: the dtype's, torch's None
 }
 
 # optdsl name -> (hypers, step_fn): the NumPy references for the optimizers torch lacks.

@@ -32,7 +32,7 @@ import pytest
 import optdsl
 from optdsl import Param, RowSparse, optim
 from optdsl._resources import data_dir
-from optdsl.api import scalar_state_bytes
+from optdsl.api import factored_state_bytes, scalar_state_bytes
 from optdsl.compiler import load_spec
 from tests.stdlib.catalogue import state_bytes_per_param
 from tests.stdlib.references import EXTRA_HYPERS, REFERENCES, TORCH_REFERENCES
@@ -353,10 +353,17 @@ def test_state_bytes_per_param_counts_the_state_kept(case):
     for p, v in zip(params, values, strict=True):
         p.grad = RowSparse(np.arange(v.shape[0]), v) if sparse(name) else v.copy()
     opt.step()
-    p = params[0]
-    scalars = {s.name for s in optim.load(name)._spec.spec.scalars}
+    spec = optim.load(name)._spec
+    scalars = {s.name for s in spec.spec.scalars}
+    factored = {s.name for s in spec.spec.factored}
+    for p in params:  # row and column states, for a param with 2 or more dimensions
+        kept = sum(np.asarray(opt.state[p][key]).nbytes for key in factored if key in
+                   opt.state[p])
+        want = factored_state_bytes(spec, p.data.shape) if p.data.ndim >= 2 else 0
+        assert kept == want, (p.data.shape, kept, want)
+    p = next(p for p in params if p.data.ndim < 2) if factored else params[0]
     kept = sum(np.asarray(value).nbytes for key, value in opt.state[p].items()
-               if key != "step" and key not in scalars)
+               if key != "step" and key not in scalars | factored)
     assert state_bytes_per_param(name, hypers) == kept / p.data.size
     assert state_bytes_per_param(optim.load(name), hypers) == kept / p.data.size
     # a scalar state is one float64 per tensor, whatever the param's dtype and size
