@@ -238,6 +238,7 @@ class FactoredRun:
         self.levels = dict(program.levels)
         self.keys = dict(program.keys)
         self.values: dict[int, Any] = {}
+        self.buffers: dict[str, Any] = {}  # the fac:eK buffers made so far
         self.done = 0  # instructions evaluated so far, in order
 
     def advance(self, level: int, results: dict[str, Any]) -> None:
@@ -252,13 +253,12 @@ class FactoredRun:
     def expanded(self, level: int) -> dict[str, Any]:
         """The ``fac:eK`` buffers of level ``level`` or below: flat, contiguous, the
         parameter's size, in ``dtype``."""
-        xp, out = self.xp, {}
         for buffer, var, lv in self.program.expands:
-            if lv <= level:
-                full = xp.empty(self.shape, self.dtype)
+            if lv <= level and buffer not in self.buffers:  # each made once a step
+                full = self.xp.empty(self.shape, self.dtype)
                 full[...] = self.values[var.id]  # broadcast, and cast once
-                out[buffer] = full.reshape(-1)
-        return out
+                self.buffers[buffer] = full.reshape(-1)
+        return self.buffers
 
     def outputs(self) -> dict[str, Any]:
         return {name: self.values[var.id] for name, var in self.program.outputs}
@@ -312,8 +312,8 @@ def factored_mean(kind: str, x: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     """``row_mean`` / ``col_mean`` (``kind`` rowmean / colmean) of a param-sized value:
     its mean over the last (the second-to-last) dimension, accumulated in float64, in
     ``dtype``."""
-    wide = x.reshape(shape).astype(np.float64)
-    return wide.mean(axis=-1 if kind == "rowmean" else -2, keepdims=True).astype(dtype)
+    axis = -1 if kind == "rowmean" else -2
+    return x.reshape(shape).mean(axis=axis, dtype=np.float64, keepdims=True).astype(dtype)
 
 
 def _reduce_within(func: str, x: Any, axis: int) -> Any:
