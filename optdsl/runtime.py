@@ -379,6 +379,7 @@ class Optimizer:
         # out as the state's layout is, in the dtype the kernels compute in.
         self._extra_layouts: dict[tuple[int, str], _Layout] = {}
         self._step_pre_hooks: dict[int, Callable] = {}
+        self._grad_hooks: dict[int, Callable] = {}
         self._step_post_hooks: dict[int, Callable] = {}
         if _is_param(params) or arrays.is_array(params):
             raise ParamGroupTypeError(f"{name}: params must be an iterable of parameters or "
@@ -594,6 +595,18 @@ class Optimizer:
         """Call ``hook(optimizer, args, kwargs)`` after every step, skipped or not."""
         return _HookHandle(self._step_post_hooks, hook)
 
+    def register_grad_hook(self, hook: Callable) -> _HookHandle:
+        """Call ``hook(optimizer, grads)`` in every step, once the step has checked the
+        gradients and before it clips or uses them: ``grads`` lists, for every param group
+        in order, the group's gradient arrays (of its params that have one, in the group's
+        order; an empty list for a group without). The hook may change them in place, as
+        :class:`optdsl.distributed.AllReduce` sums them over processes. Hooks run in the
+        order they were registered. Returns a handle whose ``remove()`` unregisters."""
+        if not callable(hook):
+            raise TypeError(f"{type(self).__name__}.register_grad_hook takes a callable, "
+                            f"got {type(hook).__name__}")
+        return _HookHandle(self._grad_hooks, hook)
+
     def _step(self, closure: Callable[[], Any] | None, skip_nonfinite: bool | None) -> Any:
         loss = closure() if closure is not None else None
         # Check every group's hypers and gradients before touching anything, so a bad value
@@ -630,6 +643,11 @@ class Optimizer:
                          self._backend_for(live)))
         if replanned:  # a group's list changed (or is new): no param may be in two groups
             self._check_membership()
+        if self._grad_hooks:  # e.g. the all-reduce of data-parallel training
+            grads = [[p.grad for p in group["params"] if p.grad is not None]
+                     for group in self.param_groups]
+            for hook in list(self._grad_hooks.values()):
+                hook(self, grads)
         if skip_nonfinite is None:
             skip_nonfinite = self.skip_nonfinite
         clipped = [t for t in todo if t[1].get("max_grad_norm") is not None]

@@ -135,6 +135,7 @@ MODULES: tuple[tuple[str, tuple[str, ...] | None, str], ...] = (
                             "DiagnosticsError"),
      "what each step did"),
     ("optdsl.autotune", ("HypergradientLR",), "tuning a hyper online"),
+    ("optdsl.distributed", ("AllReduce", "DistributedError"), "data-parallel training over MPI"),
     ("optdsl.clip", ("clip_grad_norm_", "clip_grad_value_", "total_norm"),
      "gradient clipping"),
     ("optdsl.checkpoint", ("save", "load", "inspect", "LoadReport"), "checkpoint files"),

@@ -1,0 +1,160 @@
+"""optdsl.distributed over real MPI processes: ``mpiexec -n 2 python -m mpi4py`` runs the
+scripts beside this file (mpi4py and the mpich wheel: ``pip install 'optdsl[mpi]'``), and
+in-process checks on MPI.COMM_SELF."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MPI = pytest.importorskip("mpi4py.MPI", reason="optdsl.distributed needs mpi4py "
+                          "(pip install 'optdsl[mpi]')")
+
+import optdsl  # noqa: E402
+from optdsl import Param, RowSparse  # noqa: E402
+from optdsl.distributed import AllReduce, DistributedError, _decode, _difference, _encode  # noqa: E402
+from optdsl.optim import SGD, Adam  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+TIMEOUT = 120
+
+
+def _mpiexec() -> str:
+    beside = Path(sys.executable).parent / "mpiexec"  # the mpich wheel's, in this venv
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec (pip install 'optdsl[mpi]' brings mpich's)")
+    return found
+
+
+def run(script: str, *args: str, n: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py",
+                           str(HERE / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+
+@pytest.mark.parametrize("args", [(), ("1e-5",), ("25", "flat"), ("1e-5", "flat")],
+                         ids=["packed", "packed-small-buckets", "flat", "flat-small-buckets"])
+def test_data_parallel_adam_equals_the_whole_batch(args):
+    """2 ranks, each half the batch, averaged by AllReduce: the single-process run on the
+    whole batch, to rtol 1e-12 in float64; buckets issued alike on both ranks."""
+    done = run("allreduce_equivalence.py", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"]
+    buckets = {line.split(", ")[1] for line in lines}
+    assert len(buckets) == 1
+    if args and args[0] == "1e-5":
+        assert buckets != {"1 buckets"}  # the small buckets did split the gradients
+
+
+def test_a_rank_that_raises_ends_the_job_at_once():
+    start = time.monotonic()
+    done = run("rank_raises.py")
+    assert done.returncode != 0
+    assert "rank 1 fails on purpose" in done.stderr
+    assert time.monotonic() - start < TIMEOUT / 2  # no rank left waiting
+
+
+def test_mismatched_shapes_are_a_clear_error_on_every_rank():
+    done = run("shape_mismatch.py")
+    assert done.returncode != 0
+    assert ("param 0 of group 0 has a gradient of shape (3,) and dtype float64 on rank 1 "
+            "but shape (4,) and dtype float64 on rank 0") in done.stderr
+
+
+# --- in one process: MPI.COMM_SELF -----------------------------------------------------------
+
+def test_one_rank_leaves_the_gradients_and_counts_buckets():
+    w, c, b = Param(np.ones((3, 2))), Param(np.ones(4)), Param(np.ones(5, np.float32))
+    w.grad, c.grad, b.grad = np.full((3, 2), 2.0), np.full(4, 2.0), np.full(5, 3.0, np.float32)
+    opt = SGD([w, c, b], lr=0.5)
+    hook = AllReduce(MPI.COMM_SELF)
+    handle = opt.register_grad_hook(hook)
+    opt.step()
+    np.testing.assert_array_equal(w.data, np.zeros((3, 2)))
+    # w and c, apart in memory, packed into one float64 bucket; b, alone, reduced in place
+    assert hook.buckets_last_step == 2 and set(hook._scratch) == {"<f8"}
+    handle.remove()
+    opt.step()
+    np.testing.assert_array_equal(w.data, -np.ones((3, 2)))
+    assert "size=1" in repr(hook)
+
+
+def test_hooks_see_every_group_and_may_change_the_gradients():
+    a, b = Param(np.zeros(2)), Param(np.zeros(2))
+    a.grad = np.ones(2)
+    seen = []
+
+    def double(opt, grads):
+        seen.append([len(g) for g in grads])
+        for group in grads:
+            for g in group:
+                g *= 2
+
+    opt = SGD([{"params": [a]}, {"params": [b]}], lr=1.0)
+    opt.register_grad_hook(double)
+    opt.step()
+    assert seen == [[1, 0]]  # group 1 has no gradient this step
+    np.testing.assert_array_equal(a.data, [-2.0, -2.0])
+    with pytest.raises(TypeError, match="takes a callable"):
+        opt.register_grad_hook(3)
+
+
+def test_bad_arguments_and_gradients_are_refused():
+    with pytest.raises(TypeError, match="mpi4py communicator"):
+        AllReduce(object())
+    with pytest.raises(ValueError, match="bucket_mb"):
+        AllReduce(MPI.COMM_SELF, bucket_mb=0)
+    with pytest.raises(TypeError, match="average"):
+        AllReduce(MPI.COMM_SELF, average="yes")
+    emb = Param(np.zeros((4, 2)))
+    emb.grad = RowSparse([1], np.ones((1, 2)))
+    opt = Adam([emb])
+    opt.register_grad_hook(AllReduce(MPI.COMM_SELF))
+    with pytest.raises(DistributedError, match="RowSparse gradient"):
+        opt.step()
+
+
+def test_layout_differences_are_told_in_words():
+    ref = [[("float64", (4, 3)), ("float32", (5,))]]
+    assert _decode(_encode(ref)) == ref
+    assert "rank 1 has 2 param groups, rank 0 1" in _difference([ref, ref + [[]]])
+    assert "param group 0 has 1 gradients on rank 1 but 2" in _difference([ref, [ref[0][:1]]])
+    other = [[("float64", (4, 3)), ("float64", (5,))]]
+    assert "param 1 of group 0" in _difference([ref, other])
+
+
+def test_flattened_gradients_are_reduced_in_place():
+    params = [Param(np.zeros(3)), Param(np.zeros((2, 2)))]
+    for p in params:
+        p.grad = np.ones_like(p.data)
+    flat = optdsl.flatten(params)
+    assert flat.is_flat()
+    opt = SGD(params, lr=1.0)
+    hook = AllReduce(MPI.COMM_SELF, bucket_mb=16 / (1 << 20))  # two float64 per bucket
+    opt.register_grad_hook(hook)
+    opt.step()
+    assert hook.buckets_last_step == 4  # 7 elements of one buffer, in slices of 2
+    assert hook._scratch == {}  # nothing packed
+
+
+def test_the_docs_page_runs_in_one_process(capsys):
+    """docs/distributed.md's Python block, in this process (COMM_WORLD of one rank), and
+    its install line names the extra that pyproject.toml declares."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from doc_blocks import code_blocks, run_blocks
+
+    page = ROOT / "docs" / "distributed.md"
+    run_blocks(code_blocks(page, "python"), "distributed.md", capsys)
+    assert code_blocks(page, "")[0].startswith("pip install 'optdsl[mpi]'")
+    assert 'mpi = ["mpi4py==4.1.2", "mpich"]' in (ROOT / "pyproject.toml").read_text()
