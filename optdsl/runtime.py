@@ -22,7 +22,7 @@ from . import arrays
 from . import clip as C
 from . import hypers as H
 from . import sparse as S
-from . import stages as S2
+from . import stages as ST
 from .backend import Backend, pool
 from .backend import available as available_backends
 from .backend import get as get_backend
@@ -980,7 +980,7 @@ class Optimizer:
         fac: dict[str, Any] = {}
         if kernel.factored is not None:
             states = {d.name: st[d.name] for d in self._spec.spec.factored if d.name in st}
-            run = S2.FactoredRun(kernel.factored, h, t, states, arrays.module(flat_p),
+            run = ST.FactoredRun(kernel.factored, h, t, states, arrays.module(flat_p),
                                  compute, tuple(np.shape(p.data)))
 
         def buffer(name: str) -> Any:
@@ -1012,7 +1012,7 @@ class Optimizer:
             for r in stage.reductions:
                 source = temps[r.source] if r.source in temps else buffer(r.source)
                 if r.kind in ("rowmean", "colmean"):  # a row (column) value
-                    results[r.key] = S2.factored_mean(r.kind, source, np.shape(p.data),
+                    results[r.key] = ST.factored_mean(r.kind, source, np.shape(p.data),
                                                       compute)
                 else:
                     results[r.key] = h[f"reduce:{r.key}"] = backend.reduce(r.kind, source)

@@ -17,6 +17,14 @@ reductions into the fewest passes over memory:
 Each reduce stage recomputes from the loaded buffers what it needs (a weight decay applied
 to p before ``norm(p)``, Adam's moments before LAMB's ``norm(update)``), so no stage writes
 a state, and a step with L levels of reductions reads the buffers L + 1 times.
+
+**Row and column values** (factored states, ``row_mean`` and ``col_mean``: Adafactor) are
+small arrays, not elementwise kernel values. :func:`split` gathers them, with the host
+values they need, into a :class:`FactoredProgram` that :class:`FactoredRun` evaluates on
+the host's array module as the reduce stages deliver their results (``row_mean`` and
+``col_mean`` are reductions, and count in the levels). Where an elementwise value reads a
+row or column value, the kernels load it broadcast into a parameter-sized buffer
+``fac:eK``.
 """
 
 from __future__ import annotations
