@@ -158,3 +158,18 @@ def test_the_docs_page_runs_in_one_process(capsys):
     run_blocks(code_blocks(page, "python"), "distributed.md", capsys)
     assert code_blocks(page, "")[0].startswith("pip install 'optdsl[mpi]'")
     assert 'mpi = ["mpi4py==4.1.2", "mpich"]' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_distributed_example_trains_and_agrees_on_every_rank():
+    """examples/distributed_train.py at 2 epochs: rank 0's accuracy lines, and the check
+    that every rank ends with rank 0's parameters."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py",
+                           str(ROOT / "examples" / "distributed_train.py"), "--epochs", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:2]] == [["epoch", "1"], ["epoch", "2"]]
+    assert lines[-1].startswith("2 ranks, ") and lines[-1].endswith(
+        "the parameters are the same on every rank")
