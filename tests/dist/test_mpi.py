@@ -173,3 +173,19 @@ def test_the_distributed_example_trains_and_agrees_on_every_rank():
     assert [line.split()[:2] for line in lines[:2]] == [["epoch", "1"], ["epoch", "2"]]
     assert lines[-1].startswith("2 ranks, ") and lines[-1].endswith(
         "the parameters are the same on every rank")
+
+
+def test_the_allreduce_benchmark_runs_at_a_tiny_size():
+    """benchmarks/bench_allreduce.py at 1 MiB (numbers not meaningful): four rows, the
+    reference at 1.00x, the default buckets one collective for 1 MiB."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py",
+                           str(ROOT / "benchmarks" / "bench_allreduce.py"), "--mib", "1",
+                           "--rounds", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
+    assert [row.split(" | ")[0][2:] for row in rows] == [
+        "one tensor, one collective", "one tensor, 25 MiB buckets",
+        "64 tensors, packed into 25 MiB buckets", "64 tensors flattened, 25 MiB buckets"]
+    assert rows[0].endswith("| 1.00x |") and all(" | 1 | " in row for row in rows)
