@@ -2,7 +2,8 @@
 
 Optimizer state, both ways, for the optimizers that torch.optim and optdsl's standard
 library share (COUNTERPARTS: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax, RAdam,
-Rprop, NAdam and ASGD, with the same names, hypers and state names)::
+Rprop, NAdam, ASGD and Adafactor, with the same names, hypers and state names; Adafactor's
+eps[0] = None is 0.0 here)::
 
     from optdsl.torch import state_dict_from_torch, state_dict_to_torch
 
@@ -59,7 +60,12 @@ __all__ = ["state_dict_from_torch", "state_dict_to_torch", "from_rule", "COUNTER
 
 # optdsl's stdlib optimizers that torch.optim has under the same name.
 COUNTERPARTS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "RAdam",
-                "Rprop", "NAdam", "ASGD")
+                "Rprop", "NAdam", "ASGD", "Adafactor")
+
+# Tuple hypers whose first item torch lets be None where optdsl's number stands for it:
+# Adafactor's eps = (None, 1e-3), None being the machine epsilon of the param's dtype,
+# is (0.0, 1e-3) in stdlib/adafactor.opt.
+_NONE_FIRST = {("Adafactor", "eps"): 0.0}
 
 # torch.optim's group keys that choose how torch computes a step, not what it computes.
 # optdsl has backends instead: these are dropped on the way in and take torch's defaults
@@ -108,6 +114,9 @@ def state_dict_from_torch(state_dict: dict[str, Any], optimizer: Any = None) -> 
             if key == "params" or key in TORCH_ONLY_KEYS:
                 continue
             value = _plain(value, f"{at}: {key!r}")
+            if (cls.__name__, key) in _NONE_FIRST and isinstance(value, tuple) and value \
+                    and value[0] is None:
+                value = (_NONE_FIRST[(cls.__name__, key)], *value[1:])
             if key in infos:
                 known[key] = value
             elif key == "decoupled_weight_decay" and cls.__name__ == "AdamW":
@@ -175,6 +184,11 @@ def state_dict_to_torch(state_dict: dict[str, Any], optimizer: Any = None) -> di
         at = f"{where}: param group {i}"
         hypers = {k: v for k, v in group.items()
                   if k in accepted and k not in TORCH_ONLY_KEYS}
+        for key, value in list(hypers.items()):  # optdsl's stand-in for torch's None
+            stand_in = _NONE_FIRST.get((name, key))
+            if stand_in is not None and isinstance(value, (tuple, list)) and value \
+                    and value[0] == stand_in:
+                hypers[key] = (None, *value[1:])
         rest = {k: v for k, v in group.items() if k != "params" and k not in hypers}
         try:
             # torch's own optimizer over a stand-in param: it checks the hypers and lays

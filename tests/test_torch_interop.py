@@ -62,6 +62,9 @@ CASES = {
               {"lr": 0.005, "decoupled_weight_decay": True, "maximize": True}),
     "ASGD": ({"lr": 0.05, "t0": 2, "lambd": 0.01},
              {"lr": 0.02, "weight_decay": 0.1, "maximize": True}),
+    # row and column states for the matrix; eps[0] None (torch) is 0.0 (optdsl)
+    "Adafactor": ({"lr": 0.02, "beta2_decay": -0.5},
+                  {"lr": 0.01, "d": 1.5, "weight_decay": 0.1, "maximize": True}),
 }
 DTYPES = ("float64", "float32")
 PARAMS = [(name, dtype) for name in CASES for dtype in DTYPES]
