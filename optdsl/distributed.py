@@ -30,6 +30,7 @@ import numpy as np
 
 from . import arrays
 from .errors import OptdslError
+from .runtime import Param
 
 
 class DistributedError(OptdslError):
@@ -226,3 +227,105 @@ def _difference(layouts: list[list[list[tuple[str, tuple[int, ...]]]]]) -> str:
                             f"and dtype {b[0]} on rank 0; every rank must step the same "
                             "parameters")
     return "AllReduce: the ranks' gradients differ"  # pragma: no cover - digests collide
+
+
+class ShardedOptimizer:
+    """ZeRO stage 1 over MPI: every rank keeps the optimizer state of one shard only.
+
+    ``ShardedOptimizer(opt, comm)`` takes an optdsl optimizer over the full parameters
+    (the same on every rank) and replaces how it steps: each param group's parameters are
+    laid end to end in one buffer (their ``.data`` become views of it), padded to a
+    multiple of the number of ranks, and split into equal contiguous shards. A step
+
+    1. packs the gradients into one buffer and reduce-scatters it (``Reduce_scatter_block``,
+       summed, then divided by the number of ranks with ``average``): each rank gets the
+       reduced gradient of its shard;
+    2. runs the rule's fused kernel on the shard only, with an optimizer of the same class
+       and hypers over it (``inner``), which holds the state: 1/ranks of the unsharded
+       state per rank;
+    3. all-gathers the parameters (``Allgather``, in place), so every rank holds them all.
+
+    The trajectory equals the unsharded optimizer's on the reduced gradients for
+    elementwise rules, which treat every element alike wherever it lies. Rules that need
+    whole tensors (per-tensor reductions, scalar, row or column states) are refused.
+    Every param must have a gradient at every step. ``param_groups`` are ``inner``'s:
+    change their hypers (an lr schedule) there.
+    """
+
+    def __init__(self, opt: Any, comm: Any, average: bool = True):
+        for method in ("Reduce_scatter_block", "Allgather", "Get_size", "Get_rank"):
+            if not callable(getattr(comm, method, None)):
+                raise TypeError(f"ShardedOptimizer needs an mpi4py communicator (with "
+                                f"{method}), got {type(comm).__name__}")
+        spec = getattr(type(opt), "_spec", None)
+        if spec is None:
+            raise TypeError(f"ShardedOptimizer takes an optdsl optimizer, got "
+                            f"{type(opt).__name__}")
+        if spec.per_parameter:
+            raise DistributedError(
+                f"ShardedOptimizer: {type(opt).__name__}'s rule needs whole tensors "
+                "(per-tensor reductions, scalar, row or column states); a shard of a flat "
+                "buffer splits them. Use AllReduce with the unsharded optimizer instead")
+        if any(opt.state.get(p) for g in opt.param_groups for p in g["params"]):
+            raise DistributedError("ShardedOptimizer: wrap the optimizer before its first "
+                                   "step (its state would be lost)")
+        self.opt, self.comm, self.average = opt, comm, bool(average)
+        self.size, self.rank = comm.Get_size(), comm.Get_rank()
+        self._groups = []
+        inner_groups = []
+        for index, group in enumerate(opt.param_groups):
+            params = list(group["params"])
+            if not params:
+                continue
+            dtypes = {np.dtype(p.data.dtype) for p in params}
+            if len(dtypes) != 1 or not all(isinstance(p.data, np.ndarray) for p in params):
+                raise DistributedError(f"ShardedOptimizer: param group {index} must hold "
+                                       "NumPy arrays of one dtype")
+            dtype = dtypes.pop()
+            n = sum(p.data.size for p in params)
+            padded = -(-n // self.size) * self.size
+            flat = np.zeros(padded, dtype)
+            at = 0
+            for p in params:
+                view = flat[at:at + p.data.size].reshape(p.data.shape)
+                view[...] = p.data
+                p.data = view
+                at += p.data.size
+            per = padded // self.size
+            shard = Param(flat[self.rank * per:(self.rank + 1) * per],
+                          name=f"group {index} shard {self.rank}")
+            shard.grad = np.zeros(per, dtype)
+            self._groups.append((params, flat, np.zeros(padded, dtype), shard))
+            hypers = {k: v for k, v in group.items() if k != "params"}
+            inner_groups.append({**hypers, "params": [shard]})
+        self.inner = type(opt)(inner_groups, backend=opt.backend)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state this rank holds (the shard's)."""
+        return sum(np.asarray(v).nbytes for st in self.inner.state.values()
+                   for k, v in st.items() if k != "step")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.opt.zero_grad(set_to_none)
+
+    def step(self) -> None:
+        from mpi4py import MPI
+
+        for index, (params, _, grads, shard) in enumerate(self._groups):
+            at = 0
+            for k, p in enumerate(params):
+                if p.grad is None:
+                    raise DistributedError(f"ShardedOptimizer: param {k} of group {index} "
+                                           "has no gradient; every param must have one")
+                grads[at:at + p.data.size] = np.asarray(p.grad).reshape(-1)
+                at += p.data.size
+            self.comm.Reduce_scatter_block(grads, shard.grad, op=MPI.SUM)
+            if self.average and self.size > 1:
+                shard.grad /= self.size
+        self.inner.step()
+        for _, flat, _, _ in self._groups:
+            self.comm.Allgather(MPI.IN_PLACE, flat)
