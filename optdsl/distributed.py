@@ -156,6 +156,85 @@ class AllReduce:
             self.buckets_last_step += 1
 
 
+class TorchAllReduce(AllReduce):
+    """:class:`AllReduce` over torch.distributed (gloo on the CPU) instead of MPI, for
+    ``optdsl.torch`` optimizers: ``opt.register_grad_hook(TorchAllReduce())`` after
+    ``torch.distributed.init_process_group("gloo")``. The same buckets, order, averaging
+    and layout check; the collectives are ``torch.distributed``'s on tensors that share
+    the NumPy buffers' memory (``torch.from_numpy``)."""
+
+    def __init__(self, group: Any = None, average: bool = True, bucket_mb: float = 25.0):
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise DistributedError("TorchAllReduce needs torch.distributed initialised: "
+                                   "torch.distributed.init_process_group('gloo') first")
+        super().__init__(_TorchComm(group), average=average, bucket_mb=bucket_mb)
+
+    def __repr__(self) -> str:
+        return (f"TorchAllReduce(size={self.comm.Get_size()}, average={self.average}, "
+                f"bucket_mb={self.bucket_bytes / (1 << 20):g})")
+
+    def _check_layout(self, grads: list[list[Any]]) -> None:
+        import torch
+
+        layout = [[(str(np.dtype(g.dtype)), tuple(int(d) for d in g.shape)) for g in group]
+                  for group in grads]
+        mine = _encode(layout)
+        size = self.comm.Get_size()
+        lengths = self.comm.all_gather(torch.tensor([mine.size], dtype=torch.int64))
+        longest = int(max(t.item() for t in lengths))
+        padded = torch.zeros(longest, dtype=torch.int64)
+        padded[:mine.size] = torch.from_numpy(mine)
+        every = self.comm.all_gather(padded)
+        layouts = [_decode(every[r][:int(lengths[r].item())].numpy()) for r in range(size)]
+        if any(other != layouts[0] for other in layouts[1:]):
+            raise DistributedError(_difference(layouts).replace("AllReduce",
+                                                                "TorchAllReduce", 1))
+
+    def _reduce(self, buffer: np.ndarray) -> None:
+        if buffer.size:
+            self.comm.all_reduce(buffer)
+            self.buckets_last_step += 1
+
+
+class _TorchComm:
+    """What AllReduce asks of a communicator, on a torch.distributed process group."""
+
+    def __init__(self, group: Any):
+        self.group = group
+
+    def Get_size(self) -> int:  # noqa: N802 - mpi4py's names
+        import torch.distributed as dist
+
+        return dist.get_world_size(self.group)
+
+    def Get_rank(self) -> int:  # noqa: N802
+        import torch.distributed as dist
+
+        return dist.get_rank(self.group)
+
+    def Allreduce(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802 - unused: _reduce
+        raise NotImplementedError
+
+    def Allgather(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802 - unused
+        raise NotImplementedError
+
+    def all_gather(self, tensor: Any) -> list:
+        import torch
+        import torch.distributed as dist
+
+        out = [torch.empty_like(tensor) for _ in range(self.Get_size())]
+        dist.all_gather(out, tensor, group=self.group)
+        return out
+
+    def all_reduce(self, buffer: np.ndarray) -> None:
+        import torch
+        import torch.distributed as dist
+
+        dist.all_reduce(torch.from_numpy(buffer), op=dist.ReduceOp.SUM, group=self.group)
+
+
 def _runs(group: list[Any]) -> list[list[Any]]:
     """The group's gradients split where the dtype changes (one bucket holds one dtype)."""
     runs: list[list[Any]] = []

@@ -521,6 +521,15 @@ class _TorchCore:
                     s.param.grad = s.flat_array
 
     # --- stepping ----------------------------------------------------------------------------
+    def register_grad_hook(self, hook: Any) -> Any:
+        """As :meth:`optdsl.Optimizer.register_grad_hook`, on the optdsl optimizer that
+        steps the tensors: ``hook(optimizer, grads)`` sees the gradients as NumPy (CuPy)
+        views of the tensors' ``.grad``, before every step (for
+        :class:`optdsl.distributed.TorchAllReduce`)."""
+        if self.inner is None:
+            raise ValueError(f"{type(self).__name__} has no params to hook yet")
+        return self.inner.register_grad_hook(hook)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's, except with ``flatten=True``: the gradients of the flattened params are
         zeroed in place, in one fill per buffer, and point at their slices again

@@ -150,13 +150,15 @@ def test_flattened_gradients_are_reduced_in_place():
 
 
 def test_the_docs_page_runs_in_one_process(capsys):
-    """docs/distributed.md's Python block, in this process (COMM_WORLD of one rank), and
+    """docs/distributed.md's MPI blocks, in this process (COMM_WORLD of one rank), and
     its install line names the extra that pyproject.toml declares."""
     sys.path.insert(0, str(ROOT / "tests"))
     from doc_blocks import code_blocks, run_blocks
 
     page = ROOT / "docs" / "distributed.md"
-    run_blocks(code_blocks(page, "python"), "distributed.md", capsys)
+    blocks = code_blocks(page, "python")
+    # the torch.distributed block needs processes of torch.distributed.run (marked not run)
+    run_blocks([b for b in blocks if "init_process_group" not in b], "distributed.md", capsys)
     assert code_blocks(page, "")[0].startswith("pip install 'optdsl[mpi]'")
     assert 'mpi = ["mpi4py==4.1.2", "mpich"]' in (ROOT / "pyproject.toml").read_text()
 
@@ -244,3 +246,29 @@ def test_sharded_refuses_what_it_cannot_shard():
     a.grad = np.ones(2)
     with pytest.raises(DistributedError, match="param 1 of group 0 has no gradient"):
         opt.step()
+
+
+# --- torch.distributed (gloo) ------------------------------------------------------------------
+
+def test_torch_allreduce_over_gloo_equals_the_whole_batch():
+    """optdsl.torch's Adam with TorchAllReduce on 2 processes of torch.distributed.run
+    (gloo, CPU): the one-process run on the whole batch, to rtol 1e-12 in float64."""
+    pytest.importorskip("torch", reason="the torch.distributed path needs torch")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(HERE / "torch_allreduce.py")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = re.findall(r"rank (\d+): ok, (\d+) buckets", done.stdout)
+    assert sorted(rank for rank, _ in found) == ["0", "1"]
+
+
+def test_torch_allreduce_needs_an_initialised_process_group():
+    torch = pytest.importorskip("torch", reason="the torch.distributed path needs torch")
+    from optdsl.distributed import TorchAllReduce
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        pytest.skip("a process group is initialised in this process")
+    with pytest.raises(DistributedError, match="init_process_group"):
+        TorchAllReduce()
