@@ -75,8 +75,8 @@ DELEGATED = {
     ("cli.md", "opt"): "tests/test_cli_polish.py",
     ("cli.md", "console"): "tests/test_cli_polish.py",
     ("diagnostics.md", "python"): "tests/diagnostics/test_diagnostics_doc.py",
-    ("distributed.md", "python"): "tests/dist/test_mpi.py",
-    ("distributed.md", ""): "tests/dist/test_mpi.py",  # the install line
+    ("distributed.md", "python"): "tests/distributed/test_mpi.py",
+    ("distributed.md", ""): "tests/distributed/test_mpi.py",  # the install line
     ("diagnostics.md", "text"): "tests/diagnostics/test_diagnostics_doc.py",  # d.table()
     ("language.md", "*"): "tests/frontend/test_language_doc.py",
     ("runtime.md", "python"): "tests/test_runtime_doc.py",

@@ -1,5 +1,5 @@
 """Run under ``mpiexec -n 2 python -m mpi4py``: rank 1 raises before the collective; the
-job must end at once with the error, rank 0 not left waiting (tests/dist)."""
+job must end at once with the error, rank 0 not left waiting (tests/distributed)."""
 
 import numpy as np
 from mpi4py import MPI

@@ -1,6 +1,6 @@
 """Run under ``mpiexec -n N python -m mpi4py``: ShardedOptimizer (ZeRO-1) over Adam equals
 the unsharded Adam on the whole batch, to rtol 1e-12 in float64, and each rank holds
-1/N of the state (tests/dist)."""
+1/N of the state (tests/distributed)."""
 
 import numpy as np
 from mpi4py import MPI

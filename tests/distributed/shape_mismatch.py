@@ -1,5 +1,5 @@
 """Run under ``mpiexec -n 2 python -m mpi4py``: the ranks' params differ in shape; every
-rank raises DistributedError naming the difference (tests/dist)."""
+rank raises DistributedError naming the difference (tests/distributed)."""
 
 import numpy as np
 from mpi4py import MPI

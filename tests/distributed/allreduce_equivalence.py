@@ -1,5 +1,5 @@
 """Run under ``mpiexec -n N python -m mpi4py``: data-parallel Adam with AllReduce equals
-one process stepping on the whole batch, to rtol 1e-12 in float64 (tests/dist)."""
+one process stepping on the whole batch, to rtol 1e-12 in float64 (tests/distributed)."""
 
 import sys
 

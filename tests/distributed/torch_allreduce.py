@@ -1,6 +1,6 @@
 """Run under ``python -m torch.distributed.run --standalone --nproc_per_node 2``:
 optdsl.torch's Adam with TorchAllReduce (gloo) equals the whole batch on one process, to
-rtol 1e-12 in float64 (tests/dist)."""
+rtol 1e-12 in float64 (tests/distributed)."""
 
 import numpy as np
 import torch
