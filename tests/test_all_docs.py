@@ -51,7 +51,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # doc_blocks
 from doc_blocks import expected_prints, output_pattern, squash  # noqa: E402
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```([\w-]*)\s*$")
 NOT_RUN = re.compile(r"<!-- not run: (?P<reason>\S.*?) -->")
 ERROR = "<!-- error -->"
 
@@ -123,24 +122,18 @@ class Block:
 
 
 def page_blocks(page: Path) -> list[Block]:
+    """The page's fenced blocks (found by scripts/gen_docs.py's own parser), each knowing
+    whether it lies inside a generated output region."""
     lines = page.read_text().split("\n")
-    found, start, region = [], None, False
-    for i, line in enumerate(lines):
-        if start is None and gen_docs.OUTPUT_START.fullmatch(line):
-            region = True
-        elif start is None and line == gen_docs.OUTPUT_END:
-            region = False
-        m = FENCE.match(line)
-        if not m:
-            continue
-        if start is None:
-            start, lang = i, m.group(1)
-        elif m.group(1) == "":
-            marker = lines[start - 1].strip() if start else ""
-            found.append(Block(page, lang, "\n".join(lines[start + 1:i]) + "\n", start + 1,
-                               marker, region))
-            start = None
-    assert start is None, f"{page.name}: a fence opened on line {start + 1} is never closed"
+    found = []
+    for start, end, lang in gen_docs.fenced_blocks(lines):
+        opened = [i for i, line in enumerate(lines[:start])
+                  if gen_docs.OUTPUT_START.fullmatch(line)]
+        closed = [i for i, line in enumerate(lines[:start]) if line == gen_docs.OUTPUT_END]
+        region = bool(opened) and (not closed or opened[-1] > closed[-1])
+        marker = lines[start - 1].strip() if start else ""
+        found.append(Block(page, lang, "\n".join(lines[start + 1:end]) + "\n", start + 1,
+                           marker, region))
     return found
 
 
