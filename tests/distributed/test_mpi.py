@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,25 +20,8 @@ import optdsl  # noqa: E402
 from optdsl import Param, RowSparse  # noqa: E402
 from optdsl.distributed import AllReduce, DistributedError, _decode, _difference, _encode  # noqa: E402
 from optdsl.optim import SGD, Adam  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-TIMEOUT = 120
-
-
-def _mpiexec() -> str:
-    beside = Path(sys.executable).parent / "mpiexec"  # the mpich wheel's, in this venv
-    found = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec (pip install 'optdsl[mpi]' brings mpich's)")
-    return found
-
-
-def run(script: str, *args: str, n: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py",
-                           str(HERE / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+from tests.distributed.launch import HERE, ROOT, TIMEOUT, run  # noqa: E402
+from tests.distributed.launch import mpiexec as _mpiexec  # noqa: E402
 
 
 @pytest.mark.parametrize("args", [(), ("1e-5",), ("25", "flat"), ("1e-5", "flat")],
