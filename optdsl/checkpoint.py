@@ -340,6 +340,8 @@ def _check_structure(doc: dict, tensors: dict[str, np.ndarray]) -> None:
         for e in params:
             need(entry_ok(e) and isinstance(e.get("tensor"), str), "param entry")
             referenced.append(e["tensor"])
+    need(doc.get("sharding") is None or isinstance(doc["sharding"], dict),
+         "sharding section")
     for key in ("scheduler", "scaler"):
         part = doc.get(key)
         need(part is None or (isinstance(part, dict) and isinstance(part.get("class"), str)
@@ -435,19 +437,32 @@ def save(path: str | os.PathLike, *, optimizer: Any = None, scheduler: Any = Non
     data (a loss scaler). ``extra``: plain data of your own (epoch, data-loader position),
     returned by :func:`load` as ``report.extra``.
     """
+    _save(path, optimizer=optimizer, scheduler=scheduler, params=params, scaler=scaler,
+          extra=extra)
+
+
+def _save(path: str | os.PathLike, *, optimizer: Any = None, scheduler: Any = None,
+          params: Any = None, scaler: Any = None, extra: Any = None,
+          state_dict: dict | None = None, sharding: dict | None = None) -> None:
+    """:func:`save`, and what optdsl.distributed.ShardedOptimizer adds: ``state_dict``, the
+    optimizer's state to write instead of its own (a consolidated one), and ``sharding``,
+    the document's "sharding" section (docs/checkpoints.md, "Sharded checkpoints")."""
     st = _safetensors()
     tensors: dict[str, np.ndarray] = {}
     doc: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "optdsl_version": __version__,
-        "optimizer": None if optimizer is None else _optimizer_section(optimizer, tensors),
+        "optimizer": None if optimizer is None else _optimizer_section(optimizer, tensors,
+                                                                       state_dict),
         "scheduler": None if scheduler is None else _stateful_section(scheduler,
                                                                       "scheduler"),
         "params": None if params is None else _params_section(params, tensors),
         "scaler": None if scaler is None else _stateful_section(scaler, "scaler"),
         "extra": _encode(extra, "extra"),
     }
+    if sharding is not None:
+        doc["sharding"] = _encode(sharding, "sharding")
     doc["arrays_sha256"] = _arrays_sha256(
         (k, _CODES[np.dtype(a.dtype).name], a.shape, _bytes_of(a)) for k, a in tensors.items())
     text = json.dumps(doc, allow_nan=False, separators=(",", ":"))
@@ -464,12 +479,15 @@ def _shape_dtype(arr: Any) -> tuple[list[int], str]:
     return [int(d) for d in np.shape(arr)], np.dtype(arr.dtype).name
 
 
-def _optimizer_section(opt: Any, tensors: dict[str, np.ndarray]) -> dict:
+def _optimizer_section(opt: Any, tensors: dict[str, np.ndarray], sd: dict | None) -> dict:
     spec = getattr(type(opt), "_spec", None)
     if spec is None or not hasattr(opt, "param_groups"):
+        hint = ("; a ShardedOptimizer saves itself: sharded.save(path), on every rank"
+                if hasattr(opt, "inner") and hasattr(opt, "comm") else "")
         raise TypeError(f"optdsl.save: optimizer= takes an optdsl optimizer, got "
-                        f"{type(opt).__name__}")
-    sd = opt.state_dict()
+                        f"{type(opt).__name__}{hint}")
+    if sd is None:
+        sd = opt.state_dict()
     live = [p for g in opt.param_groups for p in g["params"]]
     groups = []
     for gi, group in enumerate(sd["param_groups"]):
@@ -575,6 +593,15 @@ def load(path: str | os.PathLike, *, optimizer: Any = None, scheduler: Any = Non
     opt_plan = None
     if optimizer is not None:
         opt_plan = _plan_optimizer(ckpt, optimizer, where, by, strict, allow_spec_mismatch)
+    return _load_planned(ckpt, where, optimizer, opt_plan, scheduler=scheduler,
+                         params=params, scaler=scaler, by=by, strict=strict)
+
+
+def _load_planned(ckpt: _Checkpoint, where: str, optimizer: Any,
+                  opt_plan: _OptimizerPlan | None, *, scheduler: Any, params: Any,
+                  scaler: Any, by: str, strict: bool) -> LoadReport:
+    """:func:`load` once the optimizer's part is planned (``optimizer.load_state_dict``
+    will take ``opt_plan.state_dict``): check the other parts, then apply them all."""
     stateful = []  # applied in this order: the scaler (unvalidated), then the schedule
     if scaler is not None:
         stateful.append(("scaler", scaler, _plan_stateful(ckpt, "scaler", scaler, where)))
@@ -727,6 +754,13 @@ def _plan_optimizer(ckpt: _Checkpoint, opt: Any, where: str, by: str, strict: bo
                         f"{type(opt).__name__}")
     section = ckpt.doc.get("optimizer")
     cls = type(opt).__name__
+    sharding = ckpt.doc.get("sharding")
+    if section is None and isinstance(sharding, dict) and sharding.get("role") == "index":
+        raise CheckpointMismatchError(
+            f"{where}: this is the index of a sharded checkpoint: the optimizer state is in "
+            "its shard files. Load it with ShardedOptimizer.load on any number of ranks, or "
+            "into this optimizer with "
+            "opt.load_state_dict(optdsl.distributed.consolidated_state_dict(path))")
     if section is None:
         raise CheckpointMismatchError(f"{where}: the checkpoint holds no optimizer state; "
                                       "load it without optimizer=")
@@ -814,7 +848,7 @@ def _plan_stateful(ckpt: _Checkpoint, what: str, obj: Any, where: str) -> Any:
 def _plan_scheduler(ckpt: _Checkpoint, scheduler: Any, opt_plan: _OptimizerPlan | None,
                     where: str) -> Any:
     state = _plan_stateful(ckpt, "scheduler", scheduler, where)
-    if opt_plan is not None:
+    if opt_plan is not None and ckpt.doc.get("optimizer") is not None:
         saved_count = len(ckpt.doc["optimizer"]["param_groups"])
         if opt_plan.groups != list(range(saved_count)):
             raise CheckpointMismatchError(

@@ -308,6 +308,16 @@ def _difference(layouts: list[list[list[tuple[str, tuple[int, ...]]]]]) -> str:
     return "AllReduce: the ranks' gradients differ"  # pragma: no cover - digests collide
 
 
+def consolidated_state_dict(path: Any) -> dict:
+    """The unsharded optimizer's state_dict from a checkpoint written by
+    :meth:`ShardedOptimizer.save`, sharded or consolidated, read in one process without
+    MPI: ``opt.load_state_dict(consolidated_state_dict(path))`` resumes a plain optimizer
+    over the same params, and ``optdsl.load(path, params=..., scheduler=...)`` the rest."""
+    from ._zero_checkpoint import consolidated_state_dict as read
+
+    return read(path)
+
+
 class ShardedOptimizer:
     """ZeRO stage 1 over MPI: every rank keeps the optimizer state of one shard only.
 
@@ -351,6 +361,7 @@ class ShardedOptimizer:
         self.opt, self.comm, self.average = opt, comm, bool(average)
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self._groups = []
+        self._group_index = []  # the param group of opt each of inner's groups shards
         inner_groups = []
         for index, group in enumerate(opt.param_groups):
             params = list(group["params"])
@@ -375,6 +386,7 @@ class ShardedOptimizer:
                           name=f"group {index} shard {self.rank}")
             shard.grad = np.zeros(per, dtype)
             self._groups.append((params, flat, np.zeros(padded, dtype), shard))
+            self._group_index.append(index)
             hypers = {k: v for k, v in group.items() if k != "params"}
             inner_groups.append({**hypers, "params": [shard]})
         self.inner = type(opt)(inner_groups, backend=opt.backend)
@@ -390,6 +402,54 @@ class ShardedOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.opt.zero_grad(set_to_none)
+
+    # --- state and checkpoints (optdsl/_zero_checkpoint.py) -------------------------------
+    def state_dict(self) -> dict:
+        """The unsharded optimizer's state_dict (torch.optim's layout, over ``opt``'s
+        params), gathered from every rank's shard: every rank must call it, and every rank
+        gets the whole state. A plain optimizer loads it, and so does a ShardedOptimizer on
+        any number of ranks."""
+        from ._zero_checkpoint import consolidate
+
+        return consolidate(self, root=None)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state_dict of the unsharded optimizer (from :meth:`state_dict`, or from a
+        plain optimizer over the same params): this rank keeps its shard of it. Every param
+        of a group must have the same step count and states, or none. Validated first: on
+        a StateDictError nothing changed."""
+        from ._zero_checkpoint import shard_state
+
+        name = f"ShardedOptimizer({type(self.opt).__name__}).load_state_dict"
+        self.inner.load_state_dict(shard_state(self, state_dict, name))
+
+    def save(self, path: Any, *, consolidated: bool = True, scheduler: Any = None,
+             params: Any = None, scaler: Any = None, extra: Any = None) -> None:
+        """Write a checkpoint (every rank must call it). ``consolidated=True``: rank 0
+        gathers the state and writes one ordinary checkpoint at ``path``, which
+        ``optdsl.load`` reads into the unsharded optimizer. ``consolidated=False``: every
+        rank writes its shard beside ``path`` (``run.<token>.rank0-of-2.safetensors``), then
+        rank 0 writes the index at ``path``. Either loads with :meth:`load` on any number
+        of ranks. ``scheduler``, ``params``, ``scaler`` and ``extra`` are as for
+        ``optdsl.save``, written once, by rank 0. An error on any rank raises on all."""
+        from ._zero_checkpoint import save
+
+        save(self, path, consolidated=bool(consolidated), scheduler=scheduler,
+             params=params, scaler=scaler, extra=extra)
+
+    def load(self, path: Any, *, scheduler: Any = None, params: Any = None,
+             scaler: Any = None, strict: bool = True, by: str = "auto",
+             allow_spec_mismatch: bool = False) -> Any:
+        """Load a checkpoint written by :meth:`save` (sharded or consolidated, by any number
+        of ranks) or by ``optdsl.save`` from the unsharded optimizer: every rank must call
+        it, and reads only the saved shards its own shard overlaps. All or nothing, on
+        every rank, as ``optdsl.load``; returns its LoadReport. A consolidated file's params
+        may be remapped (``by``, ``strict``); a sharded one loads into the same params in
+        the same order."""
+        from ._zero_checkpoint import load
+
+        return load(self, path, scheduler=scheduler, params=params, scaler=scaler,
+                    strict=strict, by=by, allow_spec_mismatch=allow_spec_mismatch)
 
     def step(self) -> None:
         from mpi4py import MPI
