@@ -160,7 +160,7 @@ def test_the_distributed_example_trains_and_agrees_on_every_rank():
 
 
 def test_the_allreduce_benchmark_runs_at_a_tiny_size():
-    """benchmarks/bench_allreduce.py at 1 MiB (numbers not meaningful): four rows, the
+    """benchmarks/bench_allreduce.py at 1 MiB (numbers not meaningful): six rows, the
     reference at 1.00x, the default buckets one collective for 1 MiB."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py",
@@ -171,7 +171,9 @@ def test_the_allreduce_benchmark_runs_at_a_tiny_size():
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
     assert [row.split(" | ")[0][2:] for row in rows] == [
         "one tensor, one collective", "one tensor, 25 MiB buckets",
-        "64 tensors, packed into 25 MiB buckets", "64 tensors flattened, 25 MiB buckets"]
+        "64 tensors, packed into 25 MiB buckets", "64 tensors flattened, 25 MiB buckets",
+        "64 tensors flattened, 25 MiB buckets, fp16 on the wire",
+        "64 tensors flattened, 25 MiB buckets, bf16 on the wire"]
     assert rows[0].endswith("| 1.00x |") and all(" | 1 | " in row for row in rows)
 
 
