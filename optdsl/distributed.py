@@ -19,6 +19,11 @@ Every step, before the collectives, the ranks compare a digest of their gradient
 layout (groups, shapes, dtypes): a rank whose parameters differ would otherwise hang its
 peers or sum the wrong elements. On a mismatch every rank raises
 :class:`DistributedError` naming the first difference.
+
+Also here: :class:`ShardedOptimizer` (ZeRO stage 1: each rank keeps one shard of the
+optimizer state; its checkpoints in optdsl/_zero_checkpoint.py), :class:`TorchAllReduce`
+(torch.distributed, gloo) and :class:`NcclAllReduce` (CuPy gradients over NCCL,
+optdsl/_nccl.py). docs/distributed.md has the whole story.
 """
 
 from __future__ import annotations
@@ -374,22 +379,33 @@ def _runs(group: list[Any]) -> list[list[Any]]:
     return runs
 
 
-def _common_buffer(run: list[Any]) -> np.ndarray | None:
+def _common_buffer(run: list[Any]) -> Any | None:
     """A 1-D view of ``run`` if its arrays are C-contiguous and lie end to end in one
-    buffer (as optdsl.flatten lays them out), else None."""
+    array (as optdsl.flatten lays them out), else None; NumPy or CuPy arrays. Each must be
+    a view of the one array: arrays end to end in memory may be views of different ones
+    (slices of a torch tensor, whose .numpy() has the tensor as base; two allocations from
+    one chunk of CuPy's memory pool)."""
     if not all(g.flags.c_contiguous for g in run):
         return None
     for a, b in zip(run, run[1:], strict=False):
         if arrays.address(a) + a.nbytes != arrays.address(b):
             return None
-    owner = run[0]
-    while isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    if not owner.flags.c_contiguous or owner.dtype != run[0].dtype:
+    owner = _owner(run[0])
+    if any(_owner(g) is not owner for g in run[1:]) or not owner.flags.c_contiguous \
+            or owner.dtype != run[0].dtype:
         return None
     start = (arrays.address(run[0]) - arrays.address(owner)) // owner.itemsize
     n = sum(g.size for g in run)
+    if start < 0 or start + n > owner.size:
+        return None
     return owner.reshape(-1)[start:start + n]
+
+
+def _owner(array: Any) -> Any:
+    """The array that ``array`` is a view of (itself if it owns its memory)."""
+    while arrays.is_array(array.base):
+        array = array.base
+    return array
 
 
 def _encode(layout: list[list[tuple[str, tuple[int, ...]]]]) -> np.ndarray:
@@ -602,3 +618,12 @@ class ShardedOptimizer:
         self.inner.step()
         for _, flat, _, _ in self._groups:
             self.comm.Allgather(MPI.IN_PLACE, flat)
+
+
+def __getattr__(name: str) -> Any:
+    # NcclAllReduce subclasses AllReduce, so its module imports this one: loaded on first use
+    if name == "NcclAllReduce":
+        from ._nccl import NcclAllReduce
+
+        return NcclAllReduce
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
