@@ -177,6 +177,23 @@ def test_the_allreduce_benchmark_runs_at_a_tiny_size():
     assert rows[0].endswith("| 1.00x |") and all(" | 1 | " in row for row in rows)
 
 
+def test_the_sharded_benchmark_runs_at_a_tiny_size():
+    """benchmarks/bench_sharded.py at 1 MiB (numbers not meaningful): the unsharded step at
+    1.00x, and the sharded one holding half of its state on rank 0 of 2."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py",
+                           str(ROOT / "benchmarks" / "bench_sharded.py"), "--mib", "1",
+                           "--rounds", "1", "--backend", "numpy"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
+    names = [row.split(" | ")[0][2:] for row in rows]
+    assert names == ["unsharded: AllReduce + Adam",
+                     "sharded: reduce-scatter + Adam on 1/N + all-gather"]
+    assert rows[0].split(" | ")[2] == "1.00x"
+    assert [row.split(" | ")[3].rstrip(" |") for row in rows] == ["2,097,152", "1,048,576"]
+
+
 # --- ShardedOptimizer (ZeRO stage 1) -----------------------------------------------------------
 
 @pytest.mark.parametrize("n", [2, 4])
