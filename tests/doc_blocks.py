@@ -20,6 +20,20 @@ def code_blocks(page: Path, language: str) -> list[str]:
     return [body for lang, body in FENCE.findall(page.read_text()) if lang == language]
 
 
+def runnable_blocks(page: Path, language: str) -> list[str]:
+    """As :func:`code_blocks`, without the blocks marked ``<!-- not run: REASON -->`` on
+    the line above their fence (tests/test_all_docs.py's marker)."""
+    text = page.read_text()
+    out = []
+    for m in FENCE.finditer(text):
+        if m.group(1) != language:
+            continue
+        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
+        if not before.startswith("<!-- not run:"):
+            out.append(m.group(2))
+    return out
+
+
 def expected_prints(code: str) -> list[str]:
     """The ``# ...`` comment of each ``print(...)`` line (at any indentation): what that
     line prints."""

@@ -134,12 +134,13 @@ def test_the_docs_page_runs_in_one_process(capsys):
     """docs/distributed.md's MPI blocks, in this process (COMM_WORLD of one rank), and
     its install line names the extra that pyproject.toml declares."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from doc_blocks import code_blocks, run_blocks
+    from doc_blocks import code_blocks, run_blocks, runnable_blocks
 
     page = ROOT / "docs" / "distributed.md"
-    blocks = code_blocks(page, "python")
-    # the torch.distributed block needs processes of torch.distributed.run (marked not run)
-    run_blocks([b for b in blocks if "init_process_group" not in b], "distributed.md", capsys)
+    blocks = runnable_blocks(page, "python")  # not torch.distributed's, nor NCCL's
+    assert len(blocks) < len(code_blocks(page, "python"))
+    assert not any("init_process_group" in b or "NcclAllReduce" in b for b in blocks)
+    run_blocks(blocks, "distributed.md", capsys)
     assert code_blocks(page, "")[0].startswith("pip install 'optdsl[mpi]'")
     assert 'mpi = ["mpi4py==4.1.2", "mpich"]' in (ROOT / "pyproject.toml").read_text()
 
