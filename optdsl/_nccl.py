@@ -59,7 +59,6 @@ class NcclAllReduce(AllReduce):
         self._cupy, self._nccl = cupy, nccl
         self.device = int(cupy.cuda.runtime.getDevice())
         self._datatypes = _datatypes(nccl)
-        self._scratch: dict[np.dtype, Any] = {}  # keyed by the dtype: bfloat16's .str is '<V2'
         uid = _broadcast_unique_id(comm, nccl)
         with cupy.cuda.Device(self.device):
             self.nccl_comm = nccl.NcclCommunicator(comm.Get_size(), uid, comm.Get_rank())
@@ -109,22 +108,10 @@ class NcclAllReduce(AllReduce):
                 from None
 
     # --- buckets: AllReduce._buckets, with the packed buffers on the GPU ----------------
-    def _packed(self, grads: list[Any], n: int):
-        # Reusing one buffer across buckets is safe: the copies in, the reduction and the
-        # copies out are all queued on the one stream, in that order.
-        dtype = np.dtype(grads[0].dtype)
-        buffer = self._scratch.get(dtype)
-        if buffer is None or buffer.size < n:
-            buffer = self._scratch[dtype] = self._cupy.empty(n, dtype)
-        view, at = buffer[:n], 0
-        for g in grads:
-            view[at:at + g.size] = g.reshape(-1)
-            at += g.size
-        yield view  # reduced by the caller; then unpacked below
-        at = 0
-        for g in grads:
-            g[...] = view[at:at + g.size].reshape(g.shape)
-            at += g.size
+    def _empty(self, n: int, dtype: np.dtype) -> Any:
+        # On the GPU. Reusing one buffer across buckets is safe: the copies in, the
+        # reduction and the copies out are all queued on the one stream, in that order.
+        return self._cupy.empty(n, dtype)
 
     def _reduce_on(self, buffer: Any, stream: int) -> None:
         if buffer.size:

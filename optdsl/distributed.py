@@ -92,7 +92,7 @@ class AllReduce:
         self.bucket_bytes = max(1, int(bucket_mb * (1 << 20)))
         self.compression, self._wire_dtype = compression, _wire_dtype(compression)
         self.buckets_last_step = 0
-        self._scratch: dict[str, np.ndarray] = {}
+        self._scratch: dict[np.dtype, Any] = {}
         self._wire_scratch: dict[str, np.ndarray] = {}  # compressed buckets, gathered parts
         self._sum_types: dict[str, Any] = {}  # a 16-bit float's MPI datatype, or None
 
@@ -168,9 +168,11 @@ class AllReduce:
             yield from self._packed(bucket, n)
 
     def _packed(self, grads: list[Any], n: int):
-        buffer = self._scratch.get(grads[0].dtype.str)
+        # One cached buffer per dtype (keyed by the dtype: bfloat16's .str is '<V2').
+        dtype = np.dtype(grads[0].dtype)
+        buffer = self._scratch.get(dtype)
         if buffer is None or buffer.size < n:
-            buffer = self._scratch[grads[0].dtype.str] = np.empty(n, grads[0].dtype)
+            buffer = self._scratch[dtype] = self._empty(n, dtype)
         view, at = buffer[:n], 0
         for g in grads:
             view[at:at + g.size] = g.reshape(-1)
@@ -180,6 +182,10 @@ class AllReduce:
         for g in grads:
             g[...] = view[at:at + g.size].reshape(g.shape)
             at += g.size
+
+    def _empty(self, n: int, dtype: np.dtype) -> Any:
+        """A new bucket buffer, where the gradients live (NumPy here)."""
+        return np.empty(n, dtype)
 
     def _reduce(self, buffer: np.ndarray) -> None:
         """Sum one bucket over the ranks, in place; with compression through the wire
