@@ -438,8 +438,8 @@ def _plan_sharded(sh: Any, path: str, ckpt: Any, index: dict, where: str,
                               [(start, st[key].reshape(-1)) for start, _, st in entries],
                               flat.dtype)
         state[k] = entry
-    n = sum(len(g["params"]) for g in saved)
-    labels = tuple(f"#{i}" for i in range(n))
+    entries = [e for g in saved for e in g["params"]]
+    labels = tuple(ck._tag(e.get("name"), i) for i, e in enumerate(entries))
     return ck._OptimizerPlan(ck.Remap("position", labels, (), ()),
                              list(range(len(saved))), {"state": state,
                                                        "param_groups": groups})

@@ -235,5 +235,7 @@ def test_a_never_stepped_optimizer_saves_and_loads_no_state(tmp_path):
         path = tmp_path / f"{consolidated}.safetensors"
         sharded.save(path, consolidated=consolidated)
         assert consolidated_state_dict(path)["state"] == {}
-        assert sharded.load(path).by in ("name", "position")
+        report = sharded.load(path)
+        assert report.matched == ("w", "b")
+        assert report.by == ("name" if consolidated else "position")
     assert not any(sharded.inner.state.values())
