@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optdsl  # noqa: E402
+from benchmarks.side_by_side import measure  # noqa: E402
 from optdsl.distributed import AllReduce, ShardedOptimizer  # noqa: E402
 from optdsl.optim import Adam  # noqa: E402
 
@@ -65,6 +65,18 @@ def configurations(mib: float, backend: str | None) -> dict:
     return {REFERENCE: (plain, plain_bytes), SHARDED: (sharded, sharded.state_bytes)}
 
 
+class _Synced:
+    """An optimizer whose step() waits for every rank before and after."""
+
+    def __init__(self, opt, comm):
+        self.opt, self.comm = opt, comm
+
+    def step(self) -> None:
+        self.comm.Barrier()
+        self.opt.step()
+        self.comm.Barrier()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=float, default=64.0, help="params' size (default 64)")
@@ -73,18 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
     configs = configurations(args.mib, args.backend)
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    for opt, _ in configs.values():  # warm-up: compile, allocate the state
-        opt.step()
-    for r in range(args.rounds):
-        names = list(configs)
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            opt, _ = configs[name]
-            comm.Barrier()
-            start = time.perf_counter()
-            opt.step()
-            comm.Barrier()
-            times[name].append(time.perf_counter() - start)
+    # side_by_side's alternating rounds, each step between barriers: every rank's time is
+    # the slowest rank's, as training sees it.
+    times = measure({name: _Synced(opt, comm) for name, (opt, _) in configs.items()},
+                    rounds=args.rounds, steps=1)
     if comm.Get_rank() == 0:
         ref = statistics.median(times[REFERENCE])
         backend = configs[REFERENCE][0]._backend_for(

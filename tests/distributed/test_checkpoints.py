@@ -103,6 +103,14 @@ def _train(opt, params, steps=3, seed=2):
         opt.step()
 
 
+def _stepped():
+    """Params and a ShardedOptimizer (Adam, one rank) that has taken 3 steps."""
+    params = _model()
+    sharded = ShardedOptimizer(Adam(params, lr=0.1), MPI.COMM_SELF)
+    _train(sharded, params)
+    return params, sharded
+
+
 def test_state_dict_is_the_unsharded_optimizers():
     params, plain_params = _model(), _model()
     sharded = ShardedOptimizer(Adam(params, lr=0.1, amsgrad=True), MPI.COMM_SELF)
@@ -135,9 +143,7 @@ def test_load_state_dict_takes_a_plain_optimizers_state_and_continues_alike():
 
 
 def test_load_state_dict_refuses_what_a_shard_cannot_hold():
-    params = _model()
-    sharded = ShardedOptimizer(Adam(params, lr=0.1), MPI.COMM_SELF)
-    _train(sharded, params)
+    params, sharded = _stepped()
     good = sharded.state_dict()
     before = sharded.state_dict()
 
@@ -166,9 +172,7 @@ def test_load_state_dict_refuses_what_a_shard_cannot_hold():
 
 
 def test_sharded_files_replace_the_previous_save_and_its_shards(tmp_path):
-    params = _model()
-    sharded = ShardedOptimizer(Adam(params, lr=0.1), MPI.COMM_SELF)
-    _train(sharded, params)
+    params, sharded = _stepped()
     path = tmp_path / "run.safetensors"
     sharded.save(path, consolidated=False)
     first = sorted(os.listdir(tmp_path))
@@ -181,9 +185,7 @@ def test_sharded_files_replace_the_previous_save_and_its_shards(tmp_path):
 
 
 def test_a_consolidated_file_remaps_params_by_name(tmp_path):
-    params = _model()
-    sharded = ShardedOptimizer(Adam(params, lr=0.1), MPI.COMM_SELF)
-    _train(sharded, params)
+    params, sharded = _stepped()
     path = tmp_path / "run.safetensors"
     sharded.save(path, params=params)
     w, b = _model()
@@ -199,9 +201,7 @@ def test_a_consolidated_file_remaps_params_by_name(tmp_path):
 
 
 def test_checkpoint_errors_say_what_to_do(tmp_path):
-    params = _model()
-    sharded = ShardedOptimizer(Adam(params, lr=0.1), MPI.COMM_SELF)
-    _train(sharded, params)
+    params, sharded = _stepped()
     path = tmp_path / "run.safetensors"
     sharded.save(path, consolidated=False)
     plain = Adam(_model(), lr=0.1)
